@@ -58,7 +58,9 @@ def get_config() -> ml_collections.ConfigDict:
     train.min_learning_rate = 1e-6
     train.early_stop_patience = 4
     train.early_stop_min_delta = 1e-3
-    train.loop = 'auto'  # 'auto' (per backend), 'step' (one jit call per step), 'scan' (per epoch)
+    train.loop = 'auto'  # 'auto' (per backend), 'step' (unrolled steps per call), 'scan' (epoch)
+    train.steps_per_call = 1  # steps unrolled into one compiled call when loop is 'step'
+    train.compute_dtype = 'float32'  # or 'bfloat16' (parameters stay float32)
     train.eval_batch_size = 512
     train.checkpoint_every_epoch = True
     return config

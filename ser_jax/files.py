@@ -1,0 +1,27 @@
+"""Atomic file writes: write a temporary file beside the target, then rename it into place."""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_bytes_atomic(path: str | Path, payload: bytes) -> None:
+    """Writes ``payload`` to ``path`` so that readers see the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: str | Path, record: object) -> None:
+    """Writes ``record`` as indented JSON, atomically."""
+    write_bytes_atomic(path, (json.dumps(record, indent=2) + "\n").encode())

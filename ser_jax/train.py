@@ -1,0 +1,367 @@
+"""Training: jit-compiled steps, Adam + reduce-on-plateau, early stopping, Orbax checkpoints.
+
+The whole loop lives here. Data flows one way: standardized parquet splits -> arrays resident on
+the device mesh -> epochs of jitted train steps -> per-epoch validation -> checkpoint -> bundle.
+"""
+
+import dataclasses
+import functools
+import math
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pyarrow.parquet as pq
+from absl import logging
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from ser_jax import bundle, checkpoints, dataset, models
+from ser_jax.files import write_json_atomic
+from ser_jax.metrics_log import MetricsLog
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes while training; one pytree, checkpointed whole."""
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: tuple[optax.OptState, optax.contrib.ReduceLROnPlateauState]
+
+
+@dataclasses.dataclass
+class EarlyStopping:
+    """Keras' EarlyStopping(monitor='val_loss', restore_best_weights=True) as a small record.
+
+    An epoch improves when ``value < best - min_delta``. Training stops once ``wait`` (epochs since
+    the last improvement, counted as Keras does) reaches ``patience``, never after epoch 0.
+    """
+
+    min_delta: float
+    patience: int
+    best: float = math.inf
+    best_epoch: int = -1
+    wait: int = 0
+
+    def update(self, epoch: int, value: float) -> bool:
+        """Records one epoch's value; returns whether it improved on the best."""
+        self.wait += 1
+        if value < self.best - self.min_delta:
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            return True
+        return False
+
+    def should_stop(self, epoch: int) -> bool:
+        return self.wait >= self.patience and epoch > 0
+
+    def to_json(self) -> dict:
+        return {**dataclasses.asdict(self), "best": None if math.isinf(self.best) else self.best}
+
+    @classmethod
+    def from_json(cls, record: dict) -> "EarlyStopping":
+        best = math.inf if record["best"] is None else record["best"]
+        return cls(**{**record, "best": best})
+
+
+class Optimizer(NamedTuple):
+    """Adam, then reduce-on-plateau scaling its updates (i.e. the learning rate).
+
+    The state is ``(adam_state, plateau_state)``, the layout of ``optax.chain(adam, plateau)``.
+    Train steps apply the current scale; :func:`plateau_step` feeds it val_loss once per epoch.
+    """
+
+    adam: optax.GradientTransformation
+    plateau: optax.GradientTransformationExtraArgs
+
+    def init(self, params) -> tuple[optax.OptState, optax.contrib.ReduceLROnPlateauState]:
+        return self.adam.init(params), self.plateau.init(params)
+
+
+def make_optimizer(train_config: ml_collections.ConfigDict) -> Optimizer:
+    """Keras semantics: ``min_delta`` is absolute (``rtol=0, atol=min_delta``) and ``min_lr``
+    is a floor on the scaled rate (``min_scale = min_lr / lr``)."""
+    return Optimizer(
+        optax.adam(train_config.learning_rate),
+        optax.contrib.reduce_on_plateau(
+            factor=train_config.plateau_factor,
+            patience=train_config.plateau_patience,
+            rtol=0.0,
+            atol=train_config.plateau_min_delta,
+            min_scale=train_config.min_learning_rate / train_config.learning_rate,
+        ),
+    )
+
+
+def plateau_step(optimizer: Optimizer, state: TrainState, val_loss: jax.Array) -> TrainState:
+    """Feeds one epoch's validation loss to the plateau part of the optimizer state."""
+    adam_state, plateau_state = state.opt_state
+    _, plateau_state = optimizer.plateau.update({}, plateau_state, value=val_loss)
+    return state.replace(opt_state=(adam_state, plateau_state))
+
+
+def learning_rate(train_config: ml_collections.ConfigDict, state: TrainState) -> jax.Array:
+    return train_config.learning_rate * state.opt_state[1].scale
+
+
+class Trainer:
+    """Compiled train/eval functions for one model, optimizer and device mesh."""
+
+    def __init__(self, config: ml_collections.ConfigDict, num_classes: int, input_length: int):
+        self.config = config
+        self.mesh = jax.make_mesh((jax.device_count(),), ("data",),
+                                  axis_types=(jax.sharding.AxisType.Auto,))
+        self.replicated = NamedSharding(self.mesh, P())
+        self.batch_sharded = NamedSharding(self.mesh, P("data"))
+        if config.train.batch_size % jax.device_count():
+            raise ValueError(f"train.batch_size={config.train.batch_size} is not divisible by the "
+                             f"{jax.device_count()} devices; pick a multiple of it")
+        dtype = jnp.bfloat16 if config.train.compute_dtype == "bfloat16" else jnp.float32
+        self.model = models.create_model(config.model, num_classes, dtype)
+        self.optimizer = make_optimizer(config.train)
+        self.input_length = input_length
+        self.loop = resolve_loop(config.train.loop)
+        self._train_steps = jax.jit(self._train_steps_impl, donate_argnums=(0, 1),
+                                    static_argnames=("num_steps",))
+        self._train_epoch = jax.jit(self._train_epoch_impl, donate_argnums=(0,))
+        self._logits = jax.jit(self._logits_impl)
+        self._init = jax.jit(self._init_impl, out_shardings=self.replicated)
+
+    # ---- state -------------------------------------------------------------------------------
+    def _init_impl(self, key: jax.Array) -> TrainState:
+        x = jnp.zeros((1, self.input_length, 1), jnp.float32)
+        variables = self.model.init(key, x, train=False)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                          batch_stats=variables["batch_stats"],
+                          opt_state=self.optimizer.init(variables["params"]))
+
+    def init_state(self, seed: int) -> TrainState:
+        return self._init(jax.random.key(seed))
+
+    def abstract_state(self, seed: int) -> TrainState:
+        """Shapes, dtypes and shardings of the state, for restoring onto the current devices."""
+        return jax.eval_shape(lambda: self.init_state(seed))
+
+    def put_replicated(self, array: np.ndarray) -> jax.Array:
+        """Places one host array on every device (multi-host safe)."""
+        return jax.make_array_from_callback(array.shape, self.replicated, lambda idx: array[idx])
+
+    # ---- compiled functions -------------------------------------------------------------------
+    def _loss_and_grads(self, state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array):
+        def loss_fn(params):
+            logits, updates = self.model.apply(
+                {"params": params, "batch_stats": state.batch_stats}, x[..., None], train=True,
+                rngs={"dropout": key}, mutable=["batch_stats"])
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+            return loss, (logits, updates["batch_stats"])
+        return jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+
+    def _train_step(self, state: TrainState, totals: jax.Array, x_all, y_all, index, key):
+        index = jax.lax.with_sharding_constraint(index, self.batch_sharded)
+        x, y = x_all[index], y_all[index]
+        (loss, (logits, batch_stats)), grads = self._loss_and_grads(state, x, y, key)
+        adam_state, plateau_state = state.opt_state
+        updates, adam_state = self.optimizer.adam.update(grads, adam_state, state.params)
+        updates = optax.tree.scale(plateau_state.scale, updates)
+        state = state.replace(step=state.step + 1,
+                              params=optax.apply_updates(state.params, updates),
+                              batch_stats=batch_stats, opt_state=(adam_state, plateau_state))
+        correct = jnp.sum(jnp.argmax(logits, -1) == y)
+        totals = totals + jnp.stack([loss * y.shape[0], correct, y.shape[0]]).astype(jnp.float32)
+        return state, totals
+
+    def _train_steps_impl(self, state, totals, x_all, y_all, batches, epoch_key, first_step,
+                          num_steps):
+        """``num_steps`` steps unrolled in one program (XLA:CPU runs while-loops slowly)."""
+        for i in range(num_steps):
+            step = first_step + i
+            index = jax.lax.dynamic_index_in_dim(batches, step, keepdims=False)
+            state, totals = self._train_step(state, totals, x_all, y_all, index,
+                                             jax.random.fold_in(epoch_key, step))
+        return state, totals
+
+    def _train_epoch_impl(self, state, x_all, y_all, batches, epoch_key):
+        """A whole epoch as one ``lax.scan``: the right shape on GPU/TPU."""
+        def body(carry, step):
+            state, totals = carry
+            index = batches[step]
+            return self._train_step(state, totals, x_all, y_all, index,
+                                    jax.random.fold_in(epoch_key, step)), None
+        totals = jnp.zeros((3,), jnp.float32)
+        (state, totals), _ = jax.lax.scan(body, (state, totals), jnp.arange(batches.shape[0]))
+        return state, totals
+
+    def _logits_impl(self, params, batch_stats, x):
+        x = jax.lax.with_sharding_constraint(x, self.batch_sharded)
+        return self.model.apply({"params": params, "batch_stats": batch_stats}, x[..., None],
+                                train=False)
+
+    # ---- loops --------------------------------------------------------------------------------
+    def epoch_batches(self, seed_key: jax.Array, epoch: int, num_rows: int) -> jax.Array:
+        """This epoch's shuffled batch indices (steps, batch); a last partial batch is dropped."""
+        batch = self.config.train.batch_size
+        steps = num_rows // batch
+        if steps == 0:
+            raise ValueError(f"the training split has {num_rows} rows, fewer than "
+                             f"train.batch_size={batch}; lower the batch size")
+        perm = jax.random.permutation(jax.random.fold_in(seed_key, epoch), num_rows)
+        return perm[: steps * batch].reshape(steps, batch)
+
+    def train_epoch(self, state: TrainState, x_all, y_all, batches, epoch_key):
+        """Runs one epoch; returns the new state and device totals (loss sum, correct, count)."""
+        if self.loop == "scan":
+            return self._train_epoch(state, x_all, y_all, batches, epoch_key)
+        totals = jnp.zeros((3,), jnp.float32)
+        steps = batches.shape[0]
+        chunk = max(1, self.config.train.steps_per_call)
+        for first in range(0, steps, chunk):
+            state, totals = self._train_steps(state, totals, x_all, y_all, batches, epoch_key,
+                                              first, num_steps=min(chunk, steps - first))
+        return state, totals
+
+    def eval_batches(self, x: np.ndarray) -> list[jax.Array]:
+        """Splits ``x`` into fixed-size, zero-padded batches placed on the devices once."""
+        batch = self.config.train.eval_batch_size
+        batch -= batch % jax.device_count()
+        padded = np.pad(x, ((0, -len(x) % batch), (0, 0)))
+        return [self.put_replicated(padded[i:i + batch]) for i in range(0, len(padded), batch)]
+
+    def logits(self, params, batch_stats, batches: list[jax.Array], num_rows: int) -> jax.Array:
+        """Logits for the first ``num_rows`` rows of ``eval_batches`` output."""
+        outputs = [self._logits(params, batch_stats, x) for x in batches]
+        return jnp.concatenate(outputs)[:num_rows]
+
+
+_NOT_COMPILED_IN = ("epochs", "early_stop_patience", "early_stop_min_delta",
+                    "checkpoint_every_epoch")
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_trainer(config: ml_collections.FrozenConfigDict, num_classes: int,
+                    input_length: int, devices: int) -> Trainer:
+    del devices  # part of the cache key only
+    return Trainer(ml_collections.ConfigDict(config), num_classes, input_length)
+
+
+def get_trainer(config: ml_collections.ConfigDict, num_classes: int,
+                input_length: int) -> Trainer:
+    """A Trainer whose compiled functions are shared by every run in this process with the same
+    model, optimizer and batch settings (tests, tuning trials, cross-validation folds)."""
+    train = {k: v for k, v in config.train.items() if k not in _NOT_COMPILED_IN}
+    key = ml_collections.FrozenConfigDict({"model": config.model, "train": train})
+    return _cached_trainer(key, num_classes, input_length, jax.device_count())
+
+
+def resolve_loop(loop: str) -> str:
+    """'auto' picks per backend: one compiled epoch (scan) on GPU/TPU, unrolled steps on CPU."""
+    if loop == "auto":
+        return "step" if jax.default_backend() == "cpu" else "scan"
+    if loop not in ("step", "scan"):
+        raise ValueError(f"train.loop={loop!r}; valid: 'auto', 'step', 'scan'")
+    return loop
+
+
+def split_metrics(logits: jax.Array, labels: np.ndarray) -> dict[str, float]:
+    """Mean cross-entropy and accuracy of one split, pulled to the host in one transfer."""
+    labels = jnp.asarray(labels)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+    loss, accuracy = jax.device_get((loss, accuracy))
+    return {"loss": float(loss), "accuracy": float(accuracy)}
+
+
+@dataclasses.dataclass
+class SplitArrays:
+    """One split's standardized features (rows, features) and integer labels (rows,)."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+
+def load_splits(features_dir: Path) -> tuple[list[str], dict[str, SplitArrays]]:
+    """Reads and validates train/val(/test) parquet files before any training starts."""
+    labels = dataset.read_labels(features_dir)
+    splits = {name: SplitArrays(*dataset.load_split(features_dir / f"{name}.parquet", labels))
+              for name in ("train", "val")}
+    test_path = features_dir / "test.parquet"
+    if test_path.exists() and pq.read_metadata(test_path).num_rows:
+        splits["test"] = SplitArrays(*dataset.load_split(test_path, labels))
+    return labels, splits
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
+                       features_dir: str | Path | None = None) -> dict:
+    """Trains on ``features_dir`` (default ``workdir/features``), checkpointing into ``workdir``.
+
+    Resumes from the latest checkpoint when one exists; leaves the inference bundle in
+    ``workdir/bundle``. Returns the best epoch with its validation (and test) metrics.
+    """
+    workdir = Path(workdir)
+    features_dir = Path(features_dir) if features_dir else workdir / "features"
+    labels, splits = load_splits(features_dir)
+    train = splits["train"]
+    trainer = get_trainer(config, num_classes=len(labels), input_length=train.x.shape[1])
+    x_train, y_train = trainer.put_replicated(train.x), trainer.put_replicated(train.y)
+    eval_batches = {name: trainer.eval_batches(split.x) for name, split in splits.items()}
+
+    def evaluate(params, batch_stats, name: str) -> dict[str, float]:
+        split = splits[name]
+        return split_metrics(trainer.logits(params, batch_stats, eval_batches[name], len(split.y)),
+                             split.y)
+
+    manager = checkpoints.open_manager(workdir / "checkpoints")
+    made_with = {"model": config.model.to_dict(), "labels": labels,
+                 "input_length": int(train.x.shape[1])}
+    seed_key = jax.random.key(config.seed)
+    state = trainer.init_state(config.seed)
+    stopper = EarlyStopping(config.train.early_stop_min_delta, config.train.early_stop_patience)
+    history: list[dict] = []
+    best = (state.params, state.batch_stats)
+    if manager.latest_step() is not None:
+        latest, best_state, progress = checkpoints.restore(
+            manager, trainer.abstract_state(config.seed), made_with)
+        state, best = latest, (best_state.params, best_state.batch_stats)
+        stopper = EarlyStopping.from_json(progress["early_stopping"])
+        history = progress["history"]
+        logging.info("resumed after epoch %d from %s", len(history), workdir / "checkpoints")
+    log = MetricsLog(workdir, history)
+
+    epoch = len(history)
+    while epoch < config.train.epochs and not (history and stopper.should_stop(epoch - 1)):
+        start = time.perf_counter()
+        epoch_key = jax.random.fold_in(jax.random.fold_in(seed_key, 1), epoch)
+        batches = trainer.epoch_batches(jax.random.fold_in(seed_key, 2), epoch, len(train.y))
+        state, totals = trainer.train_epoch(state, x_train, y_train, batches, epoch_key)
+        val = evaluate(state.params, state.batch_stats, "val")
+        lr = float(learning_rate(config.train, state))  # the rate this epoch trained with
+        state = plateau_step(trainer.optimizer, state, jnp.float32(val["loss"]))
+        loss_sum, correct, count = (float(v) for v in jax.device_get(totals))
+        seconds = time.perf_counter() - start
+        record = {"epoch": epoch + 1, "loss": loss_sum / count, "accuracy": correct / count,
+                  "val_loss": val["loss"], "val_accuracy": val["accuracy"], "learning_rate": lr,
+                  "seconds": seconds, "samples_per_second": count / seconds}
+        if stopper.update(epoch, val["loss"]):
+            best = (state.params, state.batch_stats)
+        history.append(record)
+        log.write(record)
+        checkpoints.save(manager, epoch + 1, state, {"history": history, "made_with": made_with,
+                                                     "early_stopping": stopper.to_json()})
+        epoch += 1
+    manager.wait_until_finished()
+    manager.close()
+    log.close()
+
+    params, batch_stats = best
+    result = {"best_epoch": stopper.best_epoch + 1, "epochs_run": len(history),
+              **{name: evaluate(params, batch_stats, name) for name in splits if name != "train"}}
+    bundle.save(workdir / "bundle", config, params, batch_stats, features_dir)
+    write_json_atomic(workdir / "train_result.json", result)
+    logging.info("best epoch %d: val %s", result["best_epoch"], result["val"])
+    return result
