@@ -4,6 +4,7 @@ Stages: ``features`` (corpus -> parquet), ``train`` (parquet -> checkpoints + bu
 ``evaluate`` (bundle + test split -> report), ``all`` (the three in turn).
 """
 
+import logging as std_logging
 import os
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from ser_jax import evaluate, prepare, train
 from ser_jax.files import write_json_atomic
 
 FLAGS = flags.FLAGS
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for features, checkpoints, logs and reports.")
 flags.DEFINE_enum("stage", "all", ["features", "train", "evaluate", "all"], "What to run.")
@@ -28,9 +30,15 @@ def _maybe_initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
+def _only_our_info_messages(record: std_logging.LogRecord) -> bool:
+    """Keeps ser_jax's INFO lines and everyone's warnings (Orbax logs every file it writes)."""
+    return record.levelno >= std_logging.WARNING or record.pathname.startswith(_PACKAGE_DIR)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.get_absl_handler().addFilter(_only_our_info_messages)
     _maybe_initialize_distributed()
     config, workdir = FLAGS.config, Path(FLAGS.workdir)
     workdir.mkdir(parents=True, exist_ok=True)

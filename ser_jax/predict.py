@@ -1,0 +1,30 @@
+"""Predict emotions for audio files with a trained bundle.
+
+``python -m ser_jax.predict --bundle=WORKDIR/bundle clip1.wav clip2.flac`` prints one JSON line
+per file: its path and either the emotion with class probabilities or the reason it was skipped.
+"""
+
+import json
+import sys
+
+from absl import app, flags
+
+from ser_jax import bundle
+
+flags.DEFINE_string("bundle", None, "Inference bundle folder (WORKDIR/bundle).")
+flags.mark_flag_as_required("bundle")
+
+
+def main(argv: list[str]) -> None:
+    paths = argv[1:]
+    if not paths:
+        raise app.UsageError("give one or more audio files after the flags")
+    results = bundle.load(flags.FLAGS.bundle).predict_files(paths)
+    for result in results:
+        print(json.dumps(result))
+    if any("error" in result for result in results):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    app.run(main)
