@@ -147,7 +147,9 @@ class Trainer:
 
     def abstract_state(self, seed: int) -> TrainState:
         """Shapes, dtypes and shardings of the state, for restoring onto the current devices."""
-        return jax.eval_shape(lambda: self.init_state(seed))
+        shapes = jax.eval_shape(self._init_impl, jax.random.key(seed))
+        return jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.replicated), shapes)
 
     def put_replicated(self, array: np.ndarray) -> jax.Array:
         """Places one host array on every device (multi-host safe)."""

@@ -64,7 +64,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     assert [json.loads(line)["epoch"] for line in history] == list(range(1, len(history) + 1))
 
 
-def test_four_devices_match_one(feature_dir, tmp_path):
+def test_four_devices_match_one_and_restore_on_one(feature_dir, tmp_path):
     workdir = tmp_path / "four"
     workdir.mkdir()
     (workdir / "features").symlink_to(feature_dir)
@@ -79,3 +79,7 @@ def test_four_devices_match_one(feature_dir, tmp_path):
     for split in ("val", "test"):
         assert four[split]["loss"] == pytest.approx(one[split]["loss"], rel=2e-3)
         assert four[split]["accuracy"] == pytest.approx(one[split]["accuracy"], abs=0.03)
+
+    # The 4-device checkpoint restores onto this process' single device and training goes on.
+    resumed = train.train_and_evaluate(tiny_config(epochs=3), workdir, feature_dir)
+    assert resumed["epochs_run"] == 3
