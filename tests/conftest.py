@@ -13,7 +13,8 @@ from ser_jax import dataset
 from ser_jax.corpora import EMOTIONS
 from ser_jax.features import FEATURE_NAMES
 
-RAVDESS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ravdess"
+REPO = Path(__file__).resolve().parents[1]
+RAVDESS = REPO.parent / "shared" / "data" / "ravdess"
 
 
 def write_feature_dir(directory: Path, rows: dict[str, int], seed: int = 0) -> Path:

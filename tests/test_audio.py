@@ -7,8 +7,8 @@ import pytest
 import soundfile as sf
 
 from ser_jax.audio import AudioError, load_clip, load_clips
+from tests.conftest import RAVDESS
 
-RAVDESS = Path(__file__).resolve().parents[2] / "shared/data/ravdess"
 SR = 22050
 
 

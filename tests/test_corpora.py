@@ -6,8 +6,7 @@ from pathlib import Path
 import pytest
 
 from ser_jax.corpora import EMOTIONS, PARSERS, Clip, scan_corpora, scan_corpus
-
-RAVDESS = Path(__file__).resolve().parents[2] / "shared/data/ravdess"
+from tests.conftest import RAVDESS
 
 
 def touch(root: Path, *names: str) -> None:

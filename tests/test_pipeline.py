@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from ser_jax import bundle, evaluate
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 from ser_jax import train
-from tests.conftest import tiny_config, write_feature_dir
+from tests.conftest import REPO, tiny_config, write_feature_dir
 
-REPO = Path(__file__).resolve().parents[1]
 OVERRIDES = ["--config.model.filters=8", "--config.train.batch_size=16",
              "--config.train.eval_batch_size=64"]
 
