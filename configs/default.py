@@ -11,6 +11,8 @@ def get_config() -> ml_collections.ConfigDict:
     """Returns the default config."""
     config = ml_collections.ConfigDict()
     config.seed = 0
+    # Persistent XLA compilation cache shared by runs on this machine ('' turns it off).
+    config.compilation_cache_dir = '~/.cache/ser-jax/xla'
 
     data = config.data = ml_collections.ConfigDict()
     # Comma-separated NAME:PATH pairs (ravdess, crema_d, tess, savee, emodb). Empty: synthetic demo.

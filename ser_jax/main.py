@@ -41,6 +41,9 @@ def main(argv: list[str]) -> None:
     logging.get_absl_handler().addFilter(_only_our_info_messages)
     _maybe_initialize_distributed()
     config, workdir = FLAGS.config, Path(FLAGS.workdir)
+    if config.compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir",
+                          str(Path(config.compilation_cache_dir).expanduser()))
     workdir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(workdir / "config.json", config.to_dict())
     logging.info("JAX %s on %d %s device(s); workdir %s", jax.__version__, jax.device_count(),

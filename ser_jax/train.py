@@ -133,6 +133,7 @@ class Trainer:
         self._train_epoch = jax.jit(self._train_epoch_impl, donate_argnums=(0,))
         self._logits = jax.jit(self._logits_impl)
         self._init = jax.jit(self._init_impl, out_shardings=self.replicated)
+        self.plateau_step = jax.jit(functools.partial(plateau_step, self.optimizer))
 
     # ---- state -------------------------------------------------------------------------------
     def _init_impl(self, key: jax.Array) -> TrainState:
@@ -270,13 +271,14 @@ def resolve_loop(loop: str) -> str:
     return loop
 
 
-def split_metrics(logits: jax.Array, labels: np.ndarray) -> dict[str, float]:
-    """Mean cross-entropy and accuracy of one split, pulled to the host in one transfer."""
-    labels = jnp.asarray(labels)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
-    loss, accuracy = jax.device_get((loss, accuracy))
-    return {"loss": float(loss), "accuracy": float(accuracy)}
+def split_metrics(logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
+    """Mean cross-entropy and accuracy of one split, left on the device."""
+    return {"loss": optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(),
+            "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
+
+
+def to_host(metrics: dict[str, jax.Array]) -> dict[str, float]:
+    return {name: float(value) for name, value in jax.device_get(metrics).items()}
 
 
 @dataclasses.dataclass
@@ -311,12 +313,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     train = splits["train"]
     trainer = get_trainer(config, num_classes=len(labels), input_length=train.x.shape[1])
     x_train, y_train = trainer.put_replicated(train.x), trainer.put_replicated(train.y)
-    eval_batches = {name: trainer.eval_batches(split.x) for name, split in splits.items()}
+    eval_data = {name: (trainer.eval_batches(split.x), trainer.put_replicated(split.y))
+                 for name, split in splits.items() if name != "train"}
 
-    def evaluate(params, batch_stats, name: str) -> dict[str, float]:
-        split = splits[name]
-        return split_metrics(trainer.logits(params, batch_stats, eval_batches[name], len(split.y)),
-                             split.y)
+    def evaluate(params, batch_stats, name: str) -> dict[str, jax.Array]:
+        batches, labels = eval_data[name]
+        return split_metrics(trainer.logits(params, batch_stats, batches, len(labels)), labels)
 
     manager = checkpoints.open_manager(workdir / "checkpoints")
     made_with = {"model": config.model.to_dict(), "labels": labels,
@@ -325,7 +327,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     state = trainer.init_state(config.seed)
     stopper = EarlyStopping(config.train.early_stop_min_delta, config.train.early_stop_patience)
     history: list[dict] = []
-    best = (state.params, state.batch_stats)
+    best = jax.tree.map(jnp.copy, (state.params, state.batch_stats))
     if manager.latest_step() is not None:
         latest, best_state, progress = checkpoints.restore(
             manager, trainer.abstract_state(config.seed), made_with)
@@ -333,7 +335,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
         stopper = EarlyStopping.from_json(progress["early_stopping"])
         history = progress["history"]
         logging.info("resumed after epoch %d from %s", len(history), workdir / "checkpoints")
-    log = MetricsLog(workdir, history)
+    chief = jax.process_index() == 0  # the one process that writes logs and the bundle
+    log = MetricsLog(workdir, history) if chief else None
 
     epoch = len(history)
     while epoch < config.train.epochs and not (history and stopper.should_stop(epoch - 1)):
@@ -342,28 +345,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
         batches = trainer.epoch_batches(jax.random.fold_in(seed_key, 2), epoch, len(train.y))
         state, totals = trainer.train_epoch(state, x_train, y_train, batches, epoch_key)
         val = evaluate(state.params, state.batch_stats, "val")
-        lr = float(learning_rate(config.train, state))  # the rate this epoch trained with
-        state = plateau_step(trainer.optimizer, state, jnp.float32(val["loss"]))
-        loss_sum, correct, count = (float(v) for v in jax.device_get(totals))
+        lr = learning_rate(config.train, state)  # the rate this epoch trained with
+        state = trainer.plateau_step(state, val["loss"])
+        fetched = to_host({"loss_sum": totals[0], "correct": totals[1], "count": totals[2],
+                           "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+                           "learning_rate": lr})  # the epoch's one device-to-host transfer
         seconds = time.perf_counter() - start
-        record = {"epoch": epoch + 1, "loss": loss_sum / count, "accuracy": correct / count,
-                  "val_loss": val["loss"], "val_accuracy": val["accuracy"], "learning_rate": lr,
-                  "seconds": seconds, "samples_per_second": count / seconds}
-        if stopper.update(epoch, val["loss"]):
-            best = (state.params, state.batch_stats)
+        count = fetched["count"]
+        record = {"epoch": epoch + 1, "loss": fetched["loss_sum"] / count,
+                  "accuracy": fetched["correct"] / count, "val_loss": fetched["val_loss"],
+                  "val_accuracy": fetched["val_accuracy"],
+                  "learning_rate": fetched["learning_rate"], "seconds": seconds,
+                  "samples_per_second": count / seconds}
+        if stopper.update(epoch, record["val_loss"]):
+            # A copy: the next train step donates (reuses) the state's buffers.
+            best = jax.tree.map(jnp.copy, (state.params, state.batch_stats))
         history.append(record)
-        log.write(record)
+        if log:
+            log.write(record)
         checkpoints.save(manager, epoch + 1, state, {"history": history, "made_with": made_with,
                                                      "early_stopping": stopper.to_json()})
         epoch += 1
     manager.wait_until_finished()
     manager.close()
-    log.close()
+    if log:
+        log.close()
 
     params, batch_stats = best
     result = {"best_epoch": stopper.best_epoch + 1, "epochs_run": len(history),
-              **{name: evaluate(params, batch_stats, name) for name in splits if name != "train"}}
-    bundle.save(workdir / "bundle", config, params, batch_stats, features_dir)
-    write_json_atomic(workdir / "train_result.json", result)
+              **{name: to_host(evaluate(params, batch_stats, name)) for name in eval_data}}
+    if chief:
+        bundle.save(workdir / "bundle", config, params, batch_stats, features_dir)
+        write_json_atomic(workdir / "train_result.json", result)
     logging.info("best epoch %d: val %s", result["best_epoch"], result["val"])
     return result
