@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from configs import default
-from ser_jax import checkpoints, dataset, models, train
+from ser_jax import bundle, checkpoints, dataset, models, train
 from tests.conftest import tiny_config, write_feature_dir
 
 
@@ -168,3 +168,14 @@ def test_loops_agree(feature_dir, tmp_path):
     for value in results.values():
         assert math.isfinite(value["loss"])
         assert value["loss"] == pytest.approx(reference["loss"], rel=1e-4)
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_accuracy(trained, feature_dir, tmp_path):
+    config, _, result = trained
+    bf16 = tiny_config(epochs=config.train.epochs, compute_dtype="bfloat16")
+    result_bf16 = train.train_and_evaluate(bf16, tmp_path, feature_dir)
+    variables = bundle.load(tmp_path / "bundle").variables
+    assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {np.dtype("float32")}
+    history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert history[-1]["accuracy"] > 0.8
+    assert result_bf16["val"]["accuracy"] == pytest.approx(result["val"]["accuracy"], abs=0.1)
