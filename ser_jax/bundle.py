@@ -7,7 +7,6 @@ A bundle folder holds ``variables.msgpack`` (parameters and batch statistics), `
 import dataclasses
 import json
 import shutil
-import tempfile
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import ml_collections
 import numpy as np
 
 from ser_jax import audio, dataset, features, models
-from ser_jax.files import write_json_atomic
+from ser_jax.files import atomic_directory, write_json_atomic
 
 
 @dataclasses.dataclass
@@ -66,25 +65,12 @@ def _predict(model: flax.linen.Module, variables: dict, x: jax.Array) -> jax.Arr
 def save(directory: Path, config: ml_collections.ConfigDict, params: Any, batch_stats: Any,
          features_dir: Path) -> None:
     """Writes a bundle folder atomically (built beside it, then swapped in)."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
-    try:
-        variables = jax.device_get({"params": params, "batch_stats": batch_stats})
+    variables = jax.device_get({"params": params, "batch_stats": batch_stats})
+    with atomic_directory(directory) as staging:
         (staging / "variables.msgpack").write_bytes(flax.serialization.to_bytes(variables))
         write_json_atomic(staging / "config.json", config.to_dict())
         for name in ("labels.json", "scaler.json"):
             shutil.copyfile(features_dir / name, staging / name)
-        if directory.exists():
-            retired = directory.with_name(f".{directory.name}.old")
-            shutil.rmtree(retired, ignore_errors=True)
-            directory.rename(retired)
-            staging.rename(directory)
-            shutil.rmtree(retired)
-        else:
-            staging.rename(directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def load(directory: str | Path) -> Bundle:

@@ -1,8 +1,11 @@
 """Atomic file writes: write a temporary file beside the target, then rename it into place."""
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -25,3 +28,26 @@ def write_bytes_atomic(path: str | Path, payload: bytes) -> None:
 def write_json_atomic(path: str | Path, record: object) -> None:
     """Writes ``record`` as indented JSON, atomically."""
     write_bytes_atomic(path, (json.dumps(record, indent=2) + "\n").encode())
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | Path) -> Iterator[Path]:
+    """Yields an empty staging folder beside ``target``; on success it replaces ``target``.
+
+    Readers see the old folder or the whole new one; on error the staging folder is removed.
+    """
+    target = Path(target).absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    try:
+        yield staging
+        if target.exists():
+            retired = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
+            os.replace(target, retired / "old")
+            os.replace(staging, target)
+            shutil.rmtree(retired)
+        else:
+            os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

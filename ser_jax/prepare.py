@@ -11,9 +11,7 @@ import datetime
 import hashlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -28,7 +26,7 @@ from absl import logging
 from tqdm import tqdm
 
 from ser_jax import audio, augment, corpora, dataset, features, synthetic
-from ser_jax.files import write_json_atomic
+from ser_jax.files import atomic_directory, write_json_atomic
 
 FORMAT_VERSION = 1  # bump when the layout or meaning of the written files changes
 OUTPUT_FILES = ("train.parquet", "val.parquet", "test.parquet", "labels.json", "scaler.json",
@@ -241,10 +239,8 @@ def _counts(frames: dict[str, list[pd.DataFrame]], labels: Sequence[str]) -> dic
 def _write_output(out_dir: Path, frames: dict[str, list[pd.DataFrame]], labels: list[str],
                   scaler: dataset.Scaler, manifest: dict, started: float) -> None:
     """Writes all files into a temp folder beside out_dir, then swaps it into place."""
-    out_dir.absolute().parent.mkdir(parents=True, exist_ok=True)
     tick = time.perf_counter()
-    staging = Path(tempfile.mkdtemp(dir=out_dir.absolute().parent, prefix=f".{out_dir.name}.tmp-"))
-    try:
+    with atomic_directory(out_dir) as staging:
         for split, parts in frames.items():
             dataset.write_parquet_atomic(pd.concat(parts, ignore_index=True),
                                          staging / f"{split}.parquet")
@@ -253,16 +249,6 @@ def _write_output(out_dir: Path, frames: dict[str, list[pd.DataFrame]], labels: 
         manifest["timings"]["write_s"] = time.perf_counter() - tick
         manifest["timings"]["total_s"] = time.perf_counter() - started
         write_json_atomic(staging / "manifest.json", manifest)
-        if out_dir.exists():
-            retired = Path(tempfile.mkdtemp(dir=staging.parent, prefix=f".{out_dir.name}.old-"))
-            os.replace(out_dir, retired / "old")
-            os.replace(staging, out_dir)
-            shutil.rmtree(retired)
-        else:
-            os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def _replaceable(out_dir: Path) -> bool:
