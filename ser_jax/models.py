@@ -23,7 +23,9 @@ class SeedCNN(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, *, train: bool,
+                 dropout_rate: float | jax.Array | None = None) -> jax.Array:
+        """``dropout_rate`` overrides ``self.dropout``; it may be traced (one per vmapped trial)."""
         def conv(features: int, stride: int) -> Callable[[jax.Array], jax.Array]:
             return nn.Conv(features, (self.kernel_size,), strides=(stride,), padding="SAME",
                            dtype=self.dtype)
@@ -43,7 +45,10 @@ class SeedCNN(nn.Module):
         x = pool_and_norm(x)
         x = nn.relu(conv(4 * f, 2)(x))
         x = pool_and_norm(x)
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        if train:
+            keep = 1.0 - (self.dropout if dropout_rate is None else dropout_rate)
+            mask = jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape)
+            x = jnp.where(mask, x / keep, 0.0).astype(x.dtype)
         x = x.reshape(x.shape[0], -1)
         x = nn.relu(nn.Dense(64, dtype=self.dtype)(x))
         x = nn.relu(nn.Dense(16, dtype=self.dtype)(x))

@@ -35,6 +35,7 @@ class TrainState:
     params: Any
     batch_stats: Any
     opt_state: tuple[optax.OptState, optax.contrib.ReduceLROnPlateauState]
+    dropout_rate: jax.Array  # a value, not a compiled constant: vmapped trials may differ
 
 
 @dataclasses.dataclass
@@ -74,8 +75,10 @@ class EarlyStopping:
 class Optimizer(NamedTuple):
     """Adam, then reduce-on-plateau scaling its updates (i.e. the learning rate).
 
-    The state is ``(adam_state, plateau_state)``, the layout of ``optax.chain(adam, plateau)``.
-    Train steps apply the current scale; :func:`plateau_step` feeds it val_loss once per epoch.
+    The state is ``(adam_state, plateau_state)``, the layout of ``optax.chain(adam, plateau)``;
+    Adam's learning rate is a hyperparameter in its state (``optax.inject_hyperparams``), so
+    vmapped trials can differ in it. Train steps apply the current plateau scale;
+    :func:`plateau_step` feeds the plateau val_loss once per epoch.
     """
 
     adam: optax.GradientTransformation
@@ -89,7 +92,7 @@ def make_optimizer(train_config: ml_collections.ConfigDict) -> Optimizer:
     """Keras semantics: ``min_delta`` is absolute (``rtol=0, atol=min_delta``) and ``min_lr``
     is a floor on the scaled rate (``min_scale = min_lr / lr``)."""
     return Optimizer(
-        optax.adam(train_config.learning_rate),
+        optax.inject_hyperparams(optax.adam)(learning_rate=train_config.learning_rate),
         optax.contrib.reduce_on_plateau(
             factor=train_config.plateau_factor,
             patience=train_config.plateau_patience,
@@ -107,8 +110,10 @@ def plateau_step(optimizer: Optimizer, state: TrainState, val_loss: jax.Array) -
     return state.replace(opt_state=(adam_state, plateau_state))
 
 
-def learning_rate(train_config: ml_collections.ConfigDict, state: TrainState) -> jax.Array:
-    return train_config.learning_rate * state.opt_state[1].scale
+def learning_rate(state: TrainState) -> jax.Array:
+    """The learning rate in force: Adam's rate times the plateau scale."""
+    adam_state, plateau_state = state.opt_state
+    return adam_state.hyperparams["learning_rate"] * plateau_state.scale
 
 
 class Trainer:
@@ -136,19 +141,25 @@ class Trainer:
         self.plateau_step = jax.jit(functools.partial(plateau_step, self.optimizer))
 
     # ---- state -------------------------------------------------------------------------------
-    def _init_impl(self, key: jax.Array) -> TrainState:
+    def _init_impl(self, key: jax.Array, learning_rate: jax.Array,
+                   dropout_rate: jax.Array) -> TrainState:
         x = jnp.zeros((1, self.input_length, 1), jnp.float32)
         variables = self.model.init(key, x, train=False)
+        adam_state, plateau_state = self.optimizer.init(variables["params"])
+        hyperparams = {**adam_state.hyperparams,
+                       "learning_rate": jnp.asarray(learning_rate, jnp.float32)}
         return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                           batch_stats=variables["batch_stats"],
-                          opt_state=self.optimizer.init(variables["params"]))
+                          opt_state=(adam_state._replace(hyperparams=hyperparams), plateau_state),
+                          dropout_rate=jnp.asarray(dropout_rate, jnp.float32))
 
-    def init_state(self, seed: int) -> TrainState:
-        return self._init(jax.random.key(seed))
+    def init_state(self, seed: int, learning_rate: float, dropout_rate: float) -> TrainState:
+        """A fresh state. The rates are state values, not compiled constants."""
+        return self._init(jax.random.key(seed), learning_rate, dropout_rate)
 
-    def abstract_state(self, seed: int) -> TrainState:
+    def abstract_state(self) -> TrainState:
         """Shapes, dtypes and shardings of the state, for restoring onto the current devices."""
-        shapes = jax.eval_shape(self._init_impl, jax.random.key(seed))
+        shapes = jax.eval_shape(self._init_impl, jax.random.key(0), 0.0, 0.0)
         return jax.tree.map(
             lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.replicated), shapes)
 
@@ -161,7 +172,7 @@ class Trainer:
         def loss_fn(params):
             logits, updates = self.model.apply(
                 {"params": params, "batch_stats": state.batch_stats}, x[..., None], train=True,
-                rngs={"dropout": key}, mutable=["batch_stats"])
+                dropout_rate=state.dropout_rate, rngs={"dropout": key}, mutable=["batch_stats"])
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
             return loss, (logits, updates["batch_stats"])
         return jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -250,7 +261,9 @@ _NOT_COMPILED_IN = ("epochs", "early_stop_patience", "early_stop_min_delta",
 def _cached_trainer(config: ml_collections.FrozenConfigDict, num_classes: int,
                     input_length: int, devices: int) -> Trainer:
     del devices  # part of the cache key only
-    return Trainer(ml_collections.ConfigDict(config), num_classes, input_length)
+    config = ml_collections.ConfigDict(config.to_dict())  # a copy: the key must not change
+    config.model.dropout = 0.0  # unused: the rate is TrainState.dropout_rate
+    return Trainer(config, num_classes, input_length)
 
 
 def get_trainer(config: ml_collections.ConfigDict, num_classes: int,
@@ -258,7 +271,8 @@ def get_trainer(config: ml_collections.ConfigDict, num_classes: int,
     """A Trainer whose compiled functions are shared by every run in this process with the same
     model, optimizer and batch settings (tests, tuning trials, cross-validation folds)."""
     train = {k: v for k, v in config.train.items() if k not in _NOT_COMPILED_IN}
-    key = ml_collections.FrozenConfigDict({"model": config.model, "train": train})
+    model = {k: v for k, v in config.model.items() if k != "dropout"}
+    key = ml_collections.FrozenConfigDict({"model": model, "train": train})
     return _cached_trainer(key, num_classes, input_length, jax.device_count())
 
 
@@ -269,6 +283,13 @@ def resolve_loop(loop: str) -> str:
     if loop not in ("step", "scan"):
         raise ValueError(f"train.loop={loop!r}; valid: 'auto', 'step', 'scan'")
     return loop
+
+
+def epoch_inputs(trainer: Trainer, seed_key: jax.Array, epoch: int,
+                 num_rows: int) -> tuple[jax.Array, jax.Array]:
+    """This epoch's dropout key and shuffled batches, both derived from the run's seed key."""
+    return (jax.random.fold_in(jax.random.fold_in(seed_key, 1), epoch),
+            trainer.epoch_batches(jax.random.fold_in(seed_key, 2), epoch, num_rows))
 
 
 def split_metrics(logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
@@ -324,13 +345,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     made_with = {"model": config.model.to_dict(), "labels": labels,
                  "input_length": int(train.x.shape[1])}
     seed_key = jax.random.key(config.seed)
-    state = trainer.init_state(config.seed)
+    state = trainer.init_state(config.seed, config.train.learning_rate, config.model.dropout)
     stopper = EarlyStopping(config.train.early_stop_min_delta, config.train.early_stop_patience)
     history: list[dict] = []
     best = jax.tree.map(jnp.copy, (state.params, state.batch_stats))
     if manager.latest_step() is not None:
         latest, best_state, progress = checkpoints.restore(
-            manager, trainer.abstract_state(config.seed), made_with)
+            manager, trainer.abstract_state(), made_with)
         state, best = latest, (best_state.params, best_state.batch_stats)
         stopper = EarlyStopping.from_json(progress["early_stopping"])
         history = progress["history"]
@@ -341,11 +362,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     epoch = len(history)
     while epoch < config.train.epochs and not (history and stopper.should_stop(epoch - 1)):
         start = time.perf_counter()
-        epoch_key = jax.random.fold_in(jax.random.fold_in(seed_key, 1), epoch)
-        batches = trainer.epoch_batches(jax.random.fold_in(seed_key, 2), epoch, len(train.y))
+        epoch_key, batches = epoch_inputs(trainer, seed_key, epoch, len(train.y))
         state, totals = trainer.train_epoch(state, x_train, y_train, batches, epoch_key)
         val = evaluate(state.params, state.batch_stats, "val")
-        lr = learning_rate(config.train, state)  # the rate this epoch trained with
+        lr = learning_rate(state)  # the rate this epoch trained with
         state = trainer.plateau_step(state, val["loss"])
         fetched = to_host({"loss_sum": totals[0], "correct": totals[1], "count": totals[2],
                            "val_loss": val["loss"], "val_accuracy": val["accuracy"],

@@ -36,11 +36,11 @@ def _learning_rates(val_losses: list[float]) -> list[float]:
     optimizer = train.make_optimizer(config)
     params = {"w": jnp.zeros(3)}
     state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats={},
-                             opt_state=optimizer.init(params))
+                             opt_state=optimizer.init(params), dropout_rate=jnp.float32(0.2))
     rates = []
     for value in val_losses:
         state = train.plateau_step(optimizer, state, jnp.float32(value))
-        rates.append(float(train.learning_rate(config, state)))
+        rates.append(float(train.learning_rate(state)))
     return rates
 
 
