@@ -65,4 +65,9 @@ def get_config() -> ml_collections.ConfigDict:
     train.compute_dtype = 'float32'  # or 'bfloat16' (parameters stay float32)
     train.eval_batch_size = 512
     train.checkpoint_every_epoch = True
+
+    cv = config.cv = ml_collections.ConfigDict()
+    # The cv stage: speaker-grouped k-fold cross-validation. Each fold's speakers are the test
+    # set once and the next fold's are its validation set (8 folds of 2 speakers on RAVDESS).
+    cv.folds = 8
     return config

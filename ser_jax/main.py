@@ -1,7 +1,8 @@
 """Entry point: ``python -m ser_jax.main --config=configs/default.py --workdir=DIR [--stage=all]``.
 
 Stages: ``features`` (corpus -> parquet), ``train`` (parquet -> checkpoints + bundle),
-``evaluate`` (bundle + test split -> report), ``all`` (the three in turn).
+``evaluate`` (bundle + test split -> report), ``all`` (the three in turn), ``cv`` (speaker-grouped
+k-fold cross-validation into WORKDIR/cv; not part of ``all``).
 """
 
 import logging as std_logging
@@ -12,14 +13,14 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ser_jax import evaluate, prepare, train
+from ser_jax import cv, evaluate, prepare, train
 from ser_jax.files import write_json_atomic
 
 FLAGS = flags.FLAGS
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for features, checkpoints, logs and reports.")
-flags.DEFINE_enum("stage", "all", ["features", "train", "evaluate", "all"], "What to run.")
+flags.DEFINE_enum("stage", "all", ["features", "train", "evaluate", "all", "cv"], "What to run.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -54,6 +55,8 @@ def main(argv: list[str]) -> None:
         train.train_and_evaluate(config, workdir)
     if FLAGS.stage in ("evaluate", "all"):
         evaluate.evaluate(workdir)
+    if FLAGS.stage == "cv":
+        cv.cross_validate(config, workdir)
 
 
 if __name__ == "__main__":

@@ -3,16 +3,22 @@
 Everything is built in a temp folder beside the output and renamed into place, so an interrupted
 run leaves either the previous output or none. A run whose inputs (audio files' paths, sizes and
 mtimes), data config, seed and extractor version match the output's manifest reuses it.
+
+`clip_features` is the same scan -> load -> augment+extract core without the split: the raw
+features of every clip under every requested augmentation, cached on disk (the `cv` stage's
+input, where each clip is a training clip in some fold).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
 import os
 import sys
 import time
+import zlib
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +39,7 @@ OUTPUT_FILES = ("train.parquet", "val.parquet", "test.parquet", "labels.json", "
                 "manifest.json")
 SYNTHETIC_SEED = 0  # the demo corpus is fixed data; config.seed drives split and augmentation
 MAX_EXAMPLES = 20
+CLIP_FEATURES_VERSION = 1  # bump when clip_features' cache layout or keys change
 
 
 def prepare_features(config: ml_collections.ConfigDict, out_dir: str | Path) -> Path:
@@ -47,30 +54,18 @@ def prepare_features(config: ml_collections.ConfigDict, out_dir: str | Path) -> 
             f"{out_dir} exists and holds files other than a features stage's output; "
             "choose an empty or new folder."
         )
-    spec, is_synthetic = _corpus_spec(data, out_dir)
+    spec, is_synthetic = _corpus_spec(data, out_dir.absolute().parent)
     scan = corpora.scan_corpora(spec, keep_boredom=data.keep_boredom)
     fingerprint = _fingerprint(config, scan)
     if _reusable(out_dir, fingerprint):
         logging.info("features: reusing %s (same inputs, data config and extractor)", out_dir)
         return out_dir
-    recipe = _recipe(data.augment.recipe)
-    if not scan.clips:
-        raise dataset.DatasetError(
-            f"No usable audio clips in {spec!r} ({len(scan.skipped)} skipped: "
-            f"{_examples(scan.skipped, 3)}); check the corpus paths and names."
-        )
+    recipe = parse_recipe(data.augment.recipe)
+    _require_clips(scan, spec)
     timings["scan_s"] = time.perf_counter() - started
 
     tick = time.perf_counter()
-    waves, loaded, rejects = audio.load_clips(
-        [c.path for c in scan.clips], sample_rate=data.sample_rate, offset=data.offset,
-        duration=data.duration,
-    )
-    clips = [scan.clips[i] for i in loaded]
-    if not clips:
-        raise dataset.DatasetError(
-            f"None of the {len(scan.clips)} clips could be loaded: {_examples(rejects, 3)}."
-        )
+    waves, clips, rejects = _load_audio(scan, data)
     timings["load_audio_s"] = time.perf_counter() - tick
 
     splits = dataset.split_clips(
@@ -91,7 +86,7 @@ def prepare_features(config: ml_collections.ConfigDict, out_dir: str | Path) -> 
     for split, kind, indices, x in parts:
         frames[split].append(dataset.make_frame(scaler.transform(x), [clips[i] for i in indices],
                                                 kind))
-    labels = [*corpora.EMOTIONS, *(["boredom"] if data.keep_boredom else [])]
+    labels = label_names(data)
     manifest = {
         "format_version": FORMAT_VERSION,
         "fingerprint": fingerprint,
@@ -101,7 +96,7 @@ def prepare_features(config: ml_collections.ConfigDict, out_dir: str | Path) -> 
         "seed": config.seed,
         "data": data.to_dict(),
         "labels": labels,
-        "counts": _counts(frames, labels),
+        "counts": split_counts(frames, labels),
         "rejects": {"count": len(rejects), "items": [{"path": p, "reason": r}
                                                      for p, r in rejects]},
         "skipped": {"count": len(scan.skipped), "examples": [
@@ -109,18 +104,172 @@ def prepare_features(config: ml_collections.ConfigDict, out_dir: str | Path) -> 
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "timings": timings,
     }
-    _write_output(out_dir, frames, labels, scaler, manifest, started)
+    write_feature_dir(out_dir, frames, labels, scaler, manifest, started)
     _print_summary(out_dir, manifest)
     return out_dir
 
 
-def _corpus_spec(data: ml_collections.ConfigDict, out_dir: Path) -> tuple[str, bool]:
-    """The corpora spec to scan; an empty one means the synthetic demo corpus (written here)."""
+@dataclasses.dataclass
+class ClipFeatures:
+    """Raw (unscaled) features of every loaded clip under each augmentation kind.
+
+    `features[kind]` is (len(clips), 270) float32 in clip order; rows may be non-finite (callers
+    drop them). `rejects` lists the audio that could not be loaded.
+    """
+
+    clips: list[corpora.Clip]
+    features: dict[str, np.ndarray]
+    rejects: list[tuple[str, str]]
+    skipped: list[tuple[str, str]]
+    corpus_spec: str
+    synthetic: bool
+    fingerprint: str
+
+
+def clip_features(
+    config: ml_collections.ConfigDict,
+    cache_dir: str | Path,
+    kinds: Sequence[str],
+    corpus_root: str | Path,
+) -> ClipFeatures:
+    """Features of every clip of config.data's corpora under each of `kinds`, cached in cache_dir.
+
+    Each kind's augmentation key is derived from config.seed and the kind's name only, so a kind's
+    rows do not depend on which other kinds are asked for: cached kinds are reused and only the
+    missing ones are extracted (the audio is not even read when none is missing). The cache is
+    keyed like prepare_features' output (audio files, data config except the split and recipe,
+    seed, extractor version) and rewritten atomically. The synthetic demo corpus, used when no
+    corpus is configured, is written to corpus_root/synthetic_corpus.
+    """
+    cache_dir = Path(cache_dir)
+    data = config.data
+    kinds = list(dict.fromkeys(parse_recipe(",".join(kinds))))
+    spec, is_synthetic = _corpus_spec(data, Path(corpus_root))
+    scan = corpora.scan_corpora(spec, keep_boredom=data.keep_boredom)
+    _require_clips(scan, spec)
+    fingerprint = _fingerprint(config, scan, data=_clip_features_data(data),
+                               purpose=f"clip_features/{CLIP_FEATURES_VERSION}")
+    cached = _read_clip_cache(cache_dir, fingerprint)
+    if cached and all(kind in cached.features for kind in kinds):
+        logging.info("features: reusing %s (%s)", cache_dir, ", ".join(kinds))
+        return _select_kinds(cached, kinds)
+
+    started = time.perf_counter()
+    waves, clips, rejects = _load_audio(scan, data)
+    result = cached or ClipFeatures(clips, {}, rejects, scan.skipped, spec, is_synthetic,
+                                    fingerprint)
+    if [c.path for c in result.clips] != [c.path for c in clips]:  # files changed meanwhile
+        result = ClipFeatures(clips, {}, rejects, scan.skipped, spec, is_synthetic, fingerprint)
+    missing = [kind for kind in kinds if kind not in result.features]
+    logging.info("features: extracting %s for %d clips into %s", ", ".join(missing), len(clips),
+                 cache_dir)
+    seed_key = jax.random.key(config.seed)
+    jobs = [(range(len(clips)), kind, jax.random.fold_in(seed_key, _kind_key(kind)))
+            for kind in missing]
+    for kind, x in zip(missing, _extract_jobs(waves, jobs, data), strict=True):
+        result.features[kind] = x
+    _write_clip_cache(cache_dir, result, time.perf_counter() - started)
+    return _select_kinds(result, kinds)
+
+
+def _kind_key(kind: str) -> int:
+    """A stable 31-bit number per augmentation name (its key does not depend on list order)."""
+    return zlib.crc32(kind.encode()) & 0x7FFFFFFF
+
+
+def _clip_features_data(data: ml_collections.ConfigDict) -> dict:
+    """The data config that affects clip_features' rows: all but the split and the recipe."""
+    record = data.to_dict()
+    record.pop("split", None)
+    record["augment"] = {k: v for k, v in record["augment"].items() if k != "recipe"}
+    return record
+
+
+def _select_kinds(result: ClipFeatures, kinds: Sequence[str]) -> ClipFeatures:
+    return dataclasses.replace(result, features={k: result.features[k] for k in kinds})
+
+
+def _read_clip_cache(cache_dir: Path, fingerprint: str) -> ClipFeatures | None:
+    """The cached clips and every readable kind; None when the cache is absent or stale."""
+    try:
+        manifest = json.loads((cache_dir / "manifest.json").read_text())
+        if manifest.get("fingerprint") != fingerprint:
+            return None
+        clips = [corpora.Clip(**c) for c in manifest["clips"]]
+        result = ClipFeatures(clips, {}, [tuple(r) for r in manifest["rejects"]],
+                              [tuple(s) for s in manifest["skipped"]], manifest["corpora"],
+                              manifest["synthetic"], fingerprint)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    paths = [c.path for c in clips]
+    for kind in manifest.get("kinds", []):
+        try:
+            frame = pd.read_parquet(cache_dir / f"{kind}.parquet")
+            if frame["path"].tolist() == paths:
+                result.features[kind] = frame[list(features.FEATURE_NAMES)].to_numpy(np.float32)
+        except (OSError, ValueError, KeyError):
+            logging.warning("features: cached %s rows unreadable; extracting them again", kind)
+    return result
+
+
+def _write_clip_cache(cache_dir: Path, result: ClipFeatures, seconds: float) -> None:
+    """Writes every kind's rows and the manifest into a fresh folder swapped into place."""
+    manifest = {
+        "format_version": CLIP_FEATURES_VERSION,
+        "fingerprint": result.fingerprint,
+        "extractor_version": features.EXTRACTOR_VERSION,
+        "corpora": result.corpus_spec,
+        "synthetic": result.synthetic,
+        "kinds": sorted(result.features),
+        "clips": [dataclasses.asdict(c) for c in result.clips],
+        "rejects": [list(r) for r in result.rejects],
+        "skipped": [list(s) for s in result.skipped],
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "seconds": seconds,
+    }
+    with atomic_directory(cache_dir) as staging:
+        for kind, x in result.features.items():
+            dataset.write_parquet_atomic(dataset.make_frame(x, result.clips, kind),
+                                         staging / f"{kind}.parquet")
+        write_json_atomic(staging / "manifest.json", manifest)
+
+
+def label_names(data: ml_collections.ConfigDict) -> list[str]:
+    """The class names in label-id order: the 7 emotions, plus boredom when it is kept."""
+    return [*corpora.EMOTIONS, *(["boredom"] if data.keep_boredom else [])]
+
+
+def _require_clips(scan: corpora.CorpusScan, spec: str) -> None:
+    if not scan.clips:
+        raise dataset.DatasetError(
+            f"No usable audio clips in {spec!r} ({len(scan.skipped)} skipped: "
+            f"{_examples(scan.skipped, 3)}); check the corpus paths and names."
+        )
+
+
+def _load_audio(scan: corpora.CorpusScan, data: ml_collections.ConfigDict
+                ) -> tuple[np.ndarray, list[corpora.Clip], list[tuple[str, str]]]:
+    """(waves (N, T), the N clips that loaded, rejects); raises when none loaded."""
+    waves, loaded, rejects = audio.load_clips(
+        [c.path for c in scan.clips], sample_rate=data.sample_rate, offset=data.offset,
+        duration=data.duration,
+    )
+    clips = [scan.clips[i] for i in loaded]
+    if not clips:
+        raise dataset.DatasetError(
+            f"None of the {len(scan.clips)} clips could be loaded: {_examples(rejects, 3)}."
+        )
+    return waves, clips, rejects
+
+
+def _corpus_spec(data: ml_collections.ConfigDict, root: Path) -> tuple[str, bool]:
+    """The corpora spec to scan; an empty one means the synthetic demo corpus, written to
+    root/synthetic_corpus."""
     spec = data.corpora.strip()
     if spec:
         return spec, False
     root = synthetic.write_synthetic_corpus(
-        out_dir.absolute().parent / "synthetic_corpus", speakers=data.synthetic.speakers,
+        root.absolute() / "synthetic_corpus", speakers=data.synthetic.speakers,
         clips_per_class=data.synthetic.clips_per_class, sample_rate=data.sample_rate,
         seed=SYNTHETIC_SEED,
     )
@@ -128,7 +277,9 @@ def _corpus_spec(data: ml_collections.ConfigDict, out_dir: Path) -> tuple[str, b
     return f"synthetic:{root}", True
 
 
-def _fingerprint(config: ml_collections.ConfigDict, scan: corpora.CorpusScan) -> str:
+def _fingerprint(config: ml_collections.ConfigDict, scan: corpora.CorpusScan,
+                 data: dict | None = None, purpose: str | None = None) -> str:
+    """A hash of the inputs: audio files (path, size, mtime), data config, seed, versions."""
     files = []
     for path in sorted({c.path for c in scan.clips} | {p for p, _ in scan.skipped}):
         try:
@@ -137,7 +288,10 @@ def _fingerprint(config: ml_collections.ConfigDict, scan: corpora.CorpusScan) ->
         except OSError:
             files.append((path, -1, -1))
     record = {"format": FORMAT_VERSION, "extractor": features.EXTRACTOR_VERSION,
-              "seed": config.seed, "data": config.data.to_dict(), "files": files}
+              "seed": config.seed, "data": config.data.to_dict() if data is None else data,
+              "files": files}
+    if purpose:
+        record["purpose"] = purpose
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
@@ -151,7 +305,8 @@ def _reusable(out_dir: Path, fingerprint: str) -> bool:
     return isinstance(manifest, dict) and manifest.get("fingerprint") == fingerprint
 
 
-def _recipe(spec: str) -> list[str]:
+def parse_recipe(spec: str) -> list[str]:
+    """The augmentation kinds of a comma-separated recipe; DatasetError for unknown ones."""
     kinds = [k.strip() for k in spec.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in augment.AUGMENTATIONS]
     if unknown or not kinds:
@@ -179,22 +334,33 @@ def _extract_all(
     Rows with non-finite features are dropped and recorded in `rejects`.
     """
     jobs = [("train", kind) for kind in recipe] + [("val", "none"), ("test", "none")]
-    # One fixed batch shape for every call, so the extractor compiles once.
-    batch = max(1, min(config.data.batch_size, len(waves)))
     seed_key = jax.random.key(config.seed)
+    extracted = _extract_jobs(
+        waves, [(splits[split], kind, jax.random.fold_in(seed_key, position))
+                for position, (split, kind) in enumerate(jobs)], config.data)
     parts = []
-    total = sum(len(splits[split]) for split, _ in jobs)
-    with tqdm(total=total, desc="features", unit="clip", file=sys.stderr) as bar:
-        for position, (split, kind) in enumerate(jobs):
-            indices = splits[split]
-            x = _extract(waves, indices, kind, jax.random.fold_in(seed_key, position), batch,
-                         config.data, bar)
-            finite = np.isfinite(x).all(axis=1)
-            for i in np.flatnonzero(~finite):
-                rejects.append((clips[indices[i]].path, f"non-finite features ({kind}, {split})"))
-            parts.append((split, kind, [i for i, ok in zip(indices, finite, strict=True) if ok],
-                          x[finite]))
+    for (split, kind), x in zip(jobs, extracted, strict=True):
+        indices = splits[split]
+        finite = np.isfinite(x).all(axis=1)
+        for i in np.flatnonzero(~finite):
+            rejects.append((clips[indices[i]].path, f"non-finite features ({kind}, {split})"))
+        parts.append((split, kind, [i for i, ok in zip(indices, finite, strict=True) if ok],
+                      x[finite]))
     return parts
+
+
+def _extract_jobs(
+    waves: np.ndarray,
+    jobs: Sequence[tuple[Sequence[int], str, jax.Array]],
+    data: ml_collections.ConfigDict,
+) -> list[np.ndarray]:
+    """Raw features (len(indices), 270) of each (clip indices, augmentation, key) job."""
+    # One fixed batch shape for every call, so the extractor compiles once.
+    batch = max(1, min(data.batch_size, len(waves)))
+    total = sum(len(indices) for indices, _, _ in jobs)
+    with tqdm(total=total, desc="features", unit="clip", file=sys.stderr) as bar:
+        return [_extract(waves, indices, kind, key, batch, data, bar)
+                for indices, kind, key in jobs]
 
 
 def _extract(
@@ -210,7 +376,7 @@ def _extract(
     out = [np.zeros((0, len(features.FEATURE_NAMES)), np.float32)]
     chunk = np.zeros((batch, waves.shape[1]), np.float32)
     for b, start in enumerate(range(0, len(indices), batch)):
-        rows = indices[start : start + batch]
+        rows = list(indices[start : start + batch])
         chunk[: len(rows)] = waves[rows]
         chunk[len(rows) :] = 0.0
         x = augment.augment(
@@ -223,7 +389,7 @@ def _extract(
     return np.concatenate(out)
 
 
-def _counts(frames: dict[str, list[pd.DataFrame]], labels: Sequence[str]) -> dict:
+def split_counts(frames: dict[str, list[pd.DataFrame]], labels: Sequence[str]) -> dict:
     """Clips per class, rows and speakers per split (a clip counts once, however augmented)."""
     counts: dict = {"clips": {}, "rows": {}, "speakers": {}}
     for split, parts in frames.items():
@@ -236,9 +402,12 @@ def _counts(frames: dict[str, list[pd.DataFrame]], labels: Sequence[str]) -> dic
     return counts
 
 
-def _write_output(out_dir: Path, frames: dict[str, list[pd.DataFrame]], labels: list[str],
-                  scaler: dataset.Scaler, manifest: dict, started: float) -> None:
-    """Writes all files into a temp folder beside out_dir, then swaps it into place."""
+def write_feature_dir(out_dir: Path, frames: dict[str, list[pd.DataFrame]], labels: list[str],
+                      scaler: dataset.Scaler, manifest: dict, started: float) -> None:
+    """Writes the OUTPUT_FILES into a temp folder beside out_dir, then swaps it into place.
+
+    Adds write_s and total_s (since `started`, a perf_counter time) to manifest["timings"].
+    """
     tick = time.perf_counter()
     with atomic_directory(out_dir) as staging:
         for split, parts in frames.items():
