@@ -134,7 +134,7 @@ def check_parity(clip: dict) -> None:
         assert error <= TOLERANCE[group], f"{group}: relative error {error:.2e}"
 
 
-def test_feature_names_and_version():
+def test_feature_names():
     names = features.FEATURE_NAMES
     assert len(names) == 270 and len(set(names)) == 270
     assert names[:3] == ("zcr", "rms", "chroma_00") and names[13] == "chroma_11"
