@@ -39,6 +39,7 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     target = Path(target).absolute()
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    staging.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
     try:
         yield staging
         if target.exists():

@@ -10,8 +10,6 @@ clip gets random jitter on all of these, and background noise.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ import soundfile as sf
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ser_jax.corpora import EMOTIONS
+from ser_jax.files import atomic_directory
 
 CLIP_SECONDS = 3.2
 VERSION = "1"
@@ -208,12 +207,9 @@ def write_synthetic_corpus(
         marker = out_dir / "README.txt"
         if not (marker.is_file() and marker.read_text().startswith("ser-jax synthetic")):
             raise ValueError(f"{out_dir} exists and is not a synthetic corpus; not overwriting")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the corpus is not
     speaker_params = {s: _speaker(seed, s) for s in range(1, speakers + 1)}
 
-    def write_clip(clip: tuple[int, int, int]) -> None:
+    def write_clip(tmp: Path, clip: tuple[int, int, int]) -> None:
         s, c, k = clip
         wave = _clip(
             _STYLES[EMOTIONS[c]],
@@ -223,17 +219,11 @@ def write_synthetic_corpus(
         )
         sf.write(tmp / _clip_name(s, EMOTIONS[c], k), wave, sample_rate, subtype="PCM_16")
 
-    try:
+    # A stale or partial corpus (e.g. from other settings) is replaced whole, atomically.
+    with atomic_directory(out_dir) as tmp:
         for s in speaker_params:
             (tmp / f"spk{s:02d}").mkdir()
         with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # numpy releases the GIL
-            list(pool.map(write_clip, clips))
+            list(pool.map(lambda clip: write_clip(tmp, clip), clips))
         (tmp / "README.txt").write_text(readme)
-        if _complete(out_dir, readme, files):  # another process finished first
-            return out_dir
-        if out_dir.exists():  # stale or partial corpus, e.g. from other settings
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
