@@ -22,6 +22,9 @@ def get_config() -> ml_collections.ConfigDict:
     data.offset = 0.6
     data.duration = 2.5
     data.batch_size = 64  # clips per feature-extraction batch
+    # Also store each row's log-mel frame sequence (frames x 128 bands; the temporal model's
+    # input) in {split}.sequences.npy, standardized per band.
+    data.sequences = False
     data.synthetic = ml_collections.ConfigDict()
     data.synthetic.speakers = 6
     data.synthetic.clips_per_class = 4  # per speaker
@@ -64,6 +67,14 @@ def get_config() -> ml_collections.ConfigDict:
     train.steps_per_call = 1  # steps unrolled into one compiled call when loop is 'step'
     train.compute_dtype = 'float32'  # or 'bfloat16' (parameters stay float32)
     train.eval_batch_size = 512
+    # On-device augmentation of each training batch. SpecAugment masking (sequence inputs only):
+    # up to `*_masks` spans of at most `*_width` frames / bands set to 0 per example.
+    train.spec_augment = ml_collections.ConfigDict()
+    train.spec_augment.time_masks = 0
+    train.spec_augment.time_width = 0
+    train.spec_augment.freq_masks = 0
+    train.spec_augment.freq_width = 0
+    train.mixup_alpha = 0.0  # > 0: mixup with weights from Beta(alpha, alpha)
     train.checkpoint_every_epoch = True
 
     cv = config.cv = ml_collections.ConfigDict()

@@ -1,7 +1,8 @@
 """The inference bundle: everything needed to predict emotions on new audio, nothing else.
 
 A bundle folder holds ``variables.msgpack`` (parameters and batch statistics), ``config.json``
-(the training config), ``labels.json`` (label order) and ``scaler.json`` (feature scaling).
+(the training config), ``labels.json`` (label order), ``scaler.json`` (clip-feature scaling) and,
+for a model that reads frame sequences, ``sequence_scaler.json`` (per-band scaling).
 """
 
 import dataclasses
@@ -23,20 +24,25 @@ from ser_jax.files import atomic_directory, write_json_atomic
 
 @dataclasses.dataclass
 class Bundle:
-    """A loaded bundle: model, variables, label order, scaler and config."""
+    """A loaded bundle: model, variables, label order, scalers and config."""
 
     model: flax.linen.Module
     variables: dict[str, Any]
     labels: list[str]
     scaler: dataset.Scaler
+    sequence_scaler: dataset.Scaler | None
     config: ml_collections.ConfigDict
 
-    def probabilities(self, raw_features: np.ndarray) -> np.ndarray:
-        """Class probabilities (rows, classes) for unscaled feature rows (rows, 270)."""
-        return self.probabilities_standardized(self.scaler.transform(raw_features))
+    def inputs(self, waves: np.ndarray) -> np.ndarray:
+        """The model's standardized inputs for clips (rows, samples) loaded as in training."""
+        rate = self.config.data.sample_rate
+        if models.model_inputs(self.config.model) == "sequence":
+            _, sequences = features.clip_and_sequence_features(waves, rate)
+            return self.sequence_scaler.transform(np.asarray(sequences))
+        return self.scaler.transform(np.asarray(features.extract_features(waves, rate)))
 
-    def probabilities_standardized(self, x: np.ndarray) -> np.ndarray:
-        """Class probabilities for rows already standardized (as in the parquet splits)."""
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities (rows, classes) for standardized inputs (as the splits store)."""
         return np.asarray(_predict(self.model, self.variables, jnp.asarray(x)))
 
     def predict_files(self, paths: list[str | Path]) -> list[dict]:
@@ -47,8 +53,7 @@ class Bundle:
             duration=data.duration)
         results = [{"path": path, "error": reason} for path, reason in rejects]
         if loaded:
-            raw = np.asarray(features.extract_features(waves, data.sample_rate))
-            for index, row in zip(loaded, self.probabilities(raw), strict=True):
+            for index, row in zip(loaded, self.probabilities(self.inputs(waves)), strict=True):
                 probabilities = dict(zip(self.labels, map(float, row), strict=True))
                 results.append({"path": str(paths[index]),
                                 "emotion": self.labels[int(row.argmax())],
@@ -59,18 +64,29 @@ class Bundle:
 
 @partial(jax.jit, static_argnums=0)
 def _predict(model: flax.linen.Module, variables: dict, x: jax.Array) -> jax.Array:
-    return jax.nn.softmax(model.apply(variables, x[..., None], train=False))
+    return jax.nn.softmax(model.apply(variables, x, train=False))
 
 
 def save(directory: Path, config: ml_collections.ConfigDict, params: Any, batch_stats: Any,
          features_dir: Path) -> None:
     """Writes a bundle folder atomically (built beside it, then swapped in)."""
     variables = jax.device_get({"params": params, "batch_stats": batch_stats})
+    names = ["labels.json", "scaler.json"]
+    if models.model_inputs(config.model) == "sequence":
+        names.append(dataset.SEQUENCE_SCALER_FILE)
     with atomic_directory(directory) as staging:
         (staging / "variables.msgpack").write_bytes(flax.serialization.to_bytes(variables))
         write_json_atomic(staging / "config.json", config.to_dict())
-        for name in ("labels.json", "scaler.json"):
+        for name in names:
             shutil.copyfile(features_dir / name, staging / name)
+
+
+def input_shape(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+    """One example's shape for the config's model: (270,) or (frames, bands)."""
+    if models.model_inputs(config.model) == "sequence":
+        samples = round(config.data.sample_rate * config.data.duration)
+        return features.num_frames(samples), len(features.SEQUENCE_NAMES)
+    return (len(features.FEATURE_NAMES),)
 
 
 def load(directory: str | Path) -> Bundle:
@@ -83,8 +99,11 @@ def load(directory: str | Path) -> Bundle:
     labels = dataset.read_labels(directory)
     model = models.create_model(config.model, len(labels))
     template = jax.eval_shape(lambda: model.init(
-        jax.random.key(0), jnp.zeros((1, len(features.FEATURE_NAMES), 1)), train=False))
+        jax.random.key(0), jnp.zeros((1, *input_shape(config))), train=False))
     variables = flax.serialization.from_bytes(
         jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template),
         (directory / "variables.msgpack").read_bytes())
-    return Bundle(model, variables, labels, dataset.Scaler.load(directory / "scaler.json"), config)
+    sequence_scaler = (dataset.Scaler.load(directory / dataset.SEQUENCE_SCALER_FILE)
+                       if models.model_inputs(config.model) == "sequence" else None)
+    return Bundle(model, variables, labels, dataset.Scaler.load(directory / "scaler.json"),
+                  sequence_scaler, config)

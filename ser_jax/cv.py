@@ -152,34 +152,36 @@ def make_folds(groups: Sequence[Sequence[str]]) -> list[Fold]:
 
 def fold_frames(
     clip_features: prepare.ClipFeatures, fold: Fold, recipe: Sequence[str]
-) -> tuple[dict[str, list[pd.DataFrame]], dataset.Scaler, list[tuple[str, str]]]:
-    """A fold's standardized rows in the parquet schema, its scaler and its dropped rows.
+) -> tuple[dict[str, list[pd.DataFrame]], dataset.Scaler, prepare.Sequences | None,
+           list[tuple[str, str]]]:
+    """A fold's standardized rows in the parquet schema, its scaler, its standardized sequences
+    (when the clip features carry them) and its dropped rows.
 
     Training speakers give one row per recipe entry, validation and test speakers their "none"
-    row; the scaler is fit on the training rows only. Non-finite rows are dropped and listed as
+    row; the scalers are fit on the training rows only. Non-finite rows are dropped and listed as
     (path, reason).
     """
     role = {s: split for split in dataset.SPLITS for s in getattr(fold, split)}
     clips = clip_features.clips
-    parts, dropped = [], []
+    parts: list[prepare.Part] = []
+    dropped = []
     for split in dataset.SPLITS:
         indices = [i for i, c in enumerate(clips) if role.get(c.speaker) == split]
         for kind in recipe if split == "train" else ("none",):
             x = clip_features.features[kind][indices]
+            seq = clip_features.sequences.get(kind)
+            seq = None if seq is None else seq[indices]
             finite = np.isfinite(x).all(axis=1)
+            if seq is not None:
+                finite &= np.isfinite(seq).all(axis=(1, 2))
             dropped += [(clips[i].path, f"non-finite features ({kind})")
                         for i, ok in zip(indices, finite, strict=True) if not ok]
             parts.append((split, kind, [i for i, ok in zip(indices, finite, strict=True) if ok],
-                          x[finite]))
-    train_x = np.concatenate([x for split, _, _, x in parts if split == "train"])
-    if len(train_x) == 0:
+                          x[finite], None if seq is None else seq[finite]))
+    if not sum(len(x) for split, _, _, x, _ in parts if split == "train"):
         raise dataset.DatasetError(f"Fold {fold.index} has no finite training rows.")
-    scaler = dataset.Scaler.fit(train_x)
-    frames: dict[str, list[pd.DataFrame]] = {split: [] for split in dataset.SPLITS}
-    for split, kind, indices, x in parts:
-        frames[split].append(dataset.make_frame(scaler.transform(x), [clips[i] for i in indices],
-                                                kind))
-    return frames, scaler, dropped
+    frames, scaler, sequences = prepare.standardize_parts(parts, clips)
+    return frames, scaler, sequences, dropped
 
 
 def fold_fingerprint(config: ml_collections.ConfigDict, clip_features: prepare.ClipFeatures,
@@ -202,7 +204,7 @@ def write_fold_features(clip_features: prepare.ClipFeatures, fold: Fold, recipe:
                         labels: list[str], out_dir: Path, fingerprint: str) -> None:
     """Writes the fold's features/ folder in the features stage's layout (atomically)."""
     started = time.perf_counter()
-    frames, scaler, dropped = fold_frames(clip_features, fold, recipe)
+    frames, scaler, sequences, dropped = fold_frames(clip_features, fold, recipe)
     manifest = {
         "format_version": prepare.FORMAT_VERSION,
         "fingerprint": fingerprint,
@@ -217,7 +219,7 @@ def write_fold_features(clip_features: prepare.ClipFeatures, fold: Fold, recipe:
                                                      for p, r in dropped]},
         "timings": {},
     }
-    prepare.write_feature_dir(out_dir, frames, labels, scaler, manifest, started)
+    prepare.write_feature_dir(out_dir, frames, labels, scaler, manifest, started, sequences)
 
 
 def _stored_fingerprint(fold_dir: Path) -> str | None:

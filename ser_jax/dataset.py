@@ -15,12 +15,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ser_jax.corpora import Clip
-from ser_jax.features import FEATURE_NAMES
+from ser_jax.features import FEATURE_NAMES, SEQUENCE_NAMES
 from ser_jax.files import write_bytes_atomic, write_json_atomic
 
 SPLITS = ("train", "val", "test")
 META_COLUMNS = ("label", "speaker", "corpus", "path", "augmentation")
 LABELS_FILE = "labels.json"
+SEQUENCES_SUFFIX = "sequences.npy"  # {split}.sequences.npy: standardized log-mel frames
+SEQUENCE_SCALER_FILE = "sequence_scaler.json"
 
 
 class DatasetError(ValueError):
@@ -234,12 +236,15 @@ class Scaler:
 
     @classmethod
     def fit(cls, x: np.ndarray, columns: Sequence[str] = FEATURE_NAMES) -> Scaler:
-        """Fits on training rows x (N, D); float64 statistics, like sklearn's StandardScaler."""
+        """Fits on training rows x (..., D), every leading index one sample (for sequences
+        (rows, frames, bands): one statistic per band); float64, like sklearn's StandardScaler."""
         x = np.asarray(x, dtype=np.float64)
-        if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] != len(columns):
+        if x.ndim < 2 or x.shape[-1] != len(columns) or x.size == 0:
             raise DatasetError(
-                f"Scaler.fit needs a non-empty (rows, {len(columns)}) array, got shape {x.shape}."
+                f"Scaler.fit needs a non-empty (rows, ..., {len(columns)}) array, got shape "
+                f"{x.shape}."
             )
+        x = x.reshape(-1, len(columns))
         mean = x.mean(axis=0)
         std = x.std(axis=0)
         # Columns constant up to float32 rounding would blow up noise: leave them unscaled.
@@ -247,11 +252,11 @@ class Scaler:
         return cls(list(columns), mean, np.where(constant, 1.0, std))
 
     def transform(self, x: np.ndarray) -> np.ndarray:
-        """Standardizes x (N, D) to float32."""
+        """Standardizes x (..., D) to float32."""
         x = np.asarray(x, dtype=np.float64)
-        if x.ndim != 2 or x.shape[1] != len(self.columns):
+        if x.ndim < 2 or x.shape[-1] != len(self.columns):
             raise DatasetError(
-                f"Scaler expects (rows, {len(self.columns)}) features, got shape {x.shape}."
+                f"Scaler expects (rows, ..., {len(self.columns)}) values, got shape {x.shape}."
             )
         return ((x - self.mean) / self.scale).astype(np.float32)
 
@@ -366,6 +371,54 @@ def load_split(path: str | Path, labels: Sequence[str]) -> tuple[np.ndarray, np.
             f"labels.json and the split disagree; {rerun}."
         )
     return x, np.asarray([index[n] for n in names], dtype=np.int32)
+
+
+def write_sequences_atomic(x: np.ndarray, path: str | Path) -> None:
+    """Writes standardized sequences (rows, frames, bands) as a float16 .npy, atomically."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(x, dtype=np.float16))
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def sequence_path(directory: str | Path, split: str) -> Path:
+    """Where a split's frame sequences live, beside its parquet file (same row order)."""
+    return Path(directory) / f"{split}.{SEQUENCES_SUFFIX}"
+
+
+def load_sequences(path: str | Path, rows: int, bands: int) -> np.ndarray:
+    """Reads a split's sequences as float32 (rows, frames, bands); validates shape and values."""
+    path = Path(path)
+    rerun = "rerun the features stage with --config.data.sequences=True to rebuild it"
+    if not path.is_file():
+        raise DatasetError(f"{path}: frame sequences not found (the model needs them); {rerun}.")
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{path}: not a readable .npy file ({e}); {rerun}.") from e
+    if x.ndim != 3 or x.shape[0] != rows or x.shape[2] != bands:
+        raise DatasetError(
+            f"{path}: sequences of shape {x.shape}, expected ({rows}, frames, {bands}) to match "
+            f"the split's {rows} parquet rows; {rerun}."
+        )
+    x = x.astype(np.float32)
+    bad = ~np.isfinite(x).all(axis=(1, 2))
+    if bad.any():
+        raise DatasetError(f"{path}: non-finite values in rows {np.flatnonzero(bad)[:10].tolist()}"
+                           f"; {rerun}.")
+    return x
+
+
+def load_inputs(directory: str | Path, split: str, labels: Sequence[str],
+                inputs: str = "clip") -> tuple[np.ndarray, np.ndarray]:
+    """A split's model inputs and label ids: inputs "clip" gives the parquet features (N, 270),
+    "sequence" the frame sequences (N, frames, bands) stored beside them."""
+    path = Path(directory) / f"{split}.parquet"
+    x, y = load_split(path, labels)
+    if inputs == "sequence":
+        return load_sequences(sequence_path(directory, split), len(y), len(SEQUENCE_NAMES)), y
+    if inputs != "clip":
+        raise ValueError(f"inputs={inputs!r}; valid: 'clip', 'sequence'")
+    return x, y
 
 
 def read_labels(directory: str | Path) -> list[str]:

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from ser_jax import bundle, dataset
+from ser_jax import bundle, dataset, models
 from ser_jax.files import write_bytes_atomic, write_json_atomic
 
 matplotlib.use("Agg")
@@ -91,8 +91,9 @@ def evaluate(workdir: str | Path, features_dir: str | Path | None = None,
     if split == "test" and (not path.exists() or pq.read_metadata(path).num_rows == 0):
         split, path = "val", features_dir / "val.parquet"
     model = bundle.load(workdir / "bundle")
-    x, y = dataset.load_split(path, model.labels)
-    predicted = model.probabilities_standardized(x).argmax(1)
+    x, y = dataset.load_inputs(features_dir, split, model.labels,
+                               models.model_inputs(model.config.model))
+    predicted = model.probabilities(x).argmax(1)
     matrix = confusion_matrix(y, predicted, len(model.labels))
     report = {"split": split, "features": str(path),
               **classification_metrics(matrix, model.labels),

@@ -22,6 +22,7 @@ their chroma then differs by up to ~12%.
 
 from collections.abc import Callable
 from functools import lru_cache, partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +43,8 @@ FEATURE_NAMES: tuple[str, ...] = (
     *(f"mel_{i:03d}" for i in range(N_MELS)),
     *(f"mfcc_{i:03d}" for i in range(N_MFCC)),
 )
+# Channels of the frame sequence (clip_and_sequence_features): log-mel bands in dB.
+SEQUENCE_NAMES: tuple[str, ...] = tuple(f"logmel_{i:03d}" for i in range(N_MELS))
 
 _ZC_THRESHOLD = np.float32(1e-10)  # librosa.zero_crossings: |y| <= threshold counts as zero
 _AMIN = 1e-10
@@ -311,11 +314,12 @@ def _frame_parts(waves: jax.Array, sample_rate: int) -> tuple[jax.Array, jax.Arr
     return jnp.concatenate([*framewise, chroma, mel], axis=-1), db
 
 
-def map_chunks(fn: Callable[[jax.Array], jax.Array], waves: jax.Array) -> jax.Array:
+def map_chunks(fn: Callable[[jax.Array], Any], waves: jax.Array) -> Any:
     """fn over a batch (B, T), CPU_CHUNK clips at a time on CPU, whole elsewhere.
 
-    On CPU, batches beyond ~8 clips run slower per clip (their intermediates fall out of cache),
-    so larger ones are cut into chunks, the last zero-padded to keep one shape (one compile).
+    fn returns an array or a tuple of arrays, each with the batch as its first axis. On CPU,
+    batches beyond ~8 clips run slower per clip (their intermediates fall out of cache), so
+    larger ones are cut into chunks, the last zero-padded to keep one shape (one compile).
     """
     waves = jnp.asarray(waves)
     batch = waves.shape[0]
@@ -323,7 +327,7 @@ def map_chunks(fn: Callable[[jax.Array], jax.Array], waves: jax.Array) -> jax.Ar
         return fn(waves)
     padded = jnp.pad(waves, ((0, -batch % CPU_CHUNK), (0, 0)))
     parts = [fn(padded[i : i + CPU_CHUNK]) for i in range(0, padded.shape[0], CPU_CHUNK)]
-    return jnp.concatenate(parts)[:batch]
+    return jax.tree.map(lambda *chunks: jnp.concatenate(chunks)[:batch], *parts)
 
 
 @partial(jax.jit, static_argnames="sample_rate")
@@ -354,3 +358,22 @@ def extract_features(waves: jax.Array, sample_rate: int = 22050) -> jax.Array:
     """
     waves = jnp.asarray(waves, jnp.float32)
     return map_chunks(partial(_clip_features, sample_rate=sample_rate), waves)
+
+
+@partial(jax.jit, static_argnames="sample_rate")
+def _clip_and_sequence(waves: jax.Array, sample_rate: int) -> tuple[jax.Array, jax.Array]:
+    parts, db = _frame_parts(waves, sample_rate)
+    mfcc = jnp.mean(db, axis=1) @ dct_matrix(N_MELS)[:N_MFCC].T
+    clip = jnp.concatenate([jnp.mean(parts, axis=1), mfcc], axis=-1)
+    return clip, db[:, np.argsort(frame_order(num_frames(waves.shape[1])))]
+
+
+def clip_and_sequence_features(waves: jax.Array, sample_rate: int = 22050
+                               ) -> tuple[jax.Array, jax.Array]:
+    """Clip features (B, 270) and the log-mel sequence (B, frames, 128), from one STFT.
+
+    The sequence is the mel spectrogram in dB (power_to_db: ref 1, amin 1e-10, top_db 80 per
+    clip) in time order, the values whose DCT gives the MFCCs; SEQUENCE_NAMES names its bands.
+    """
+    waves = jnp.asarray(waves, jnp.float32)
+    return map_chunks(partial(_clip_and_sequence, sample_rate=sample_rate), waves)

@@ -1,4 +1,5 @@
-"""Models: the seed's Conv1D CNN over the 270-value feature vector, with Keras semantics."""
+"""Models: the seed's Conv1D CNN over the 270-value feature vector (Keras semantics) and a
+temporal Conv1D over the clip's log-mel frame sequence."""
 
 from collections.abc import Callable
 
@@ -11,8 +12,8 @@ import ml_collections
 class SeedCNN(nn.Module):
     """The seed's Conv1D network: three conv blocks, then Dense 64 -> 16 -> classes.
 
-    Input (batch, length, 1); output logits (batch, num_classes). 'SAME' padding and ReLU as in
-    Keras; BatchNorm with Keras' momentum 0.99 and epsilon 1e-3.
+    Input (batch, length) or (batch, length, 1); output logits (batch, num_classes). 'SAME'
+    padding and ReLU as in Keras; BatchNorm with Keras' momentum 0.99 and epsilon 1e-3.
     """
 
     num_classes: int = 7
@@ -35,7 +36,7 @@ class SeedCNN(nn.Module):
             return nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3,
                                 dtype=self.dtype)(h)
 
-        x = x.astype(self.dtype)
+        x = (x[..., None] if x.ndim == 2 else x).astype(self.dtype)
         f = self.filters
         for width, stride in ((f, 1), (f, 2), (f, 2)):
             x = nn.relu(conv(width, stride)(x))
@@ -46,23 +47,78 @@ class SeedCNN(nn.Module):
         x = nn.relu(conv(4 * f, 2)(x))
         x = pool_and_norm(x)
         if train:
-            keep = 1.0 - (self.dropout if dropout_rate is None else dropout_rate)
-            mask = jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape)
-            x = jnp.where(mask, x / keep, 0.0).astype(x.dtype)
+            x = dropout(self, x, self.dropout if dropout_rate is None else dropout_rate)
         x = x.reshape(x.shape[0], -1)
         x = nn.relu(nn.Dense(64, dtype=self.dtype)(x))
         x = nn.relu(nn.Dense(16, dtype=self.dtype)(x))
         return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 
 
+class TemporalCNN(nn.Module):
+    """A Conv1D over time: input (batch, frames, bands), output logits (batch, num_classes).
+
+    Four blocks of Conv (widths f, 2f, 2f, 4f for f = filters) -> BatchNorm -> ReLU, the first
+    three followed by max-pooling over time (pool_size) and dropout; then the mean and the max
+    over time, concatenated, dropout, Dense 128 -> ReLU -> Dense num_classes.
+    """
+
+    num_classes: int = 7
+    filters: int = 32
+    kernel_size: int = 5
+    pool_size: int = 2
+    dropout: float = 0.3
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool,
+                 dropout_rate: float | jax.Array | None = None) -> jax.Array:
+        """``dropout_rate`` overrides ``self.dropout``; it may be traced (one per vmapped trial)."""
+        rate = self.dropout if dropout_rate is None else dropout_rate
+        x = x.astype(self.dtype)
+        widths = (self.filters, 2 * self.filters, 2 * self.filters, 4 * self.filters)
+        for block, width in enumerate(widths):
+            x = nn.Conv(width, (self.kernel_size,), padding="SAME", use_bias=False,
+                        dtype=self.dtype)(x)
+            x = nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3,
+                             dtype=self.dtype)(x)
+            x = nn.relu(x)
+            if block < len(widths) - 1:
+                x = nn.max_pool(x, (self.pool_size,), strides=(self.pool_size,), padding="SAME")
+                if train:
+                    x = dropout(self, x, rate / 2)
+        x = jnp.concatenate([jnp.mean(x, axis=1), jnp.max(x, axis=1)], axis=-1)
+        if train:
+            x = dropout(self, x, rate)
+        x = nn.relu(nn.Dense(128, dtype=self.dtype)(x))
+        return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+
+
+def dropout(module: nn.Module, x: jax.Array, rate: float | jax.Array) -> jax.Array:
+    """Inverted dropout whose rate may be a traced value (nn.Dropout needs a Python float)."""
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(module.make_rng("dropout"), keep, x.shape)
+    return jnp.where(mask, x / keep, 0.0).astype(x.dtype)
+
+
+MODEL_INPUTS = {"seed_cnn": "clip", "temporal_cnn": "sequence"}
+"""What each model reads: "clip" the 270 clip features, "sequence" the log-mel frame sequence."""
+
+
+def model_inputs(model_config: ml_collections.ConfigDict) -> str:
+    """The input kind ("clip" or "sequence") of the model named by ``model_config.name``."""
+    if model_config.name not in MODEL_INPUTS:
+        raise ValueError(f"unknown model.name {model_config.name!r}; valid: "
+                         f"{', '.join(map(repr, MODEL_INPUTS))}")
+    return MODEL_INPUTS[model_config.name]
+
+
 def create_model(model_config: ml_collections.ConfigDict, num_classes: int,
                  dtype: jnp.dtype = jnp.float32) -> nn.Module:
     """Builds the model named by ``model_config.name``."""
-    if model_config.name != "seed_cnn":
-        raise ValueError(f"unknown model.name {model_config.name!r}; valid: 'seed_cnn'")
-    return SeedCNN(num_classes=num_classes, filters=model_config.filters,
-                   kernel_size=model_config.kernel_size, pool_size=model_config.pool_size,
-                   dropout=model_config.dropout, dtype=dtype)
+    model = SeedCNN if model_inputs(model_config) == "clip" else TemporalCNN
+    return model(num_classes=num_classes, filters=model_config.filters,
+                 kernel_size=model_config.kernel_size, pool_size=model_config.pool_size,
+                 dropout=model_config.dropout, dtype=dtype)
 
 
 def count_parameters(tree) -> int:

@@ -4,6 +4,10 @@ Everything is built in a temp folder beside the output and renamed into place, s
 run leaves either the previous output or none. A run whose inputs (audio files' paths, sizes and
 mtimes), data config, seed and extractor version match the output's manifest reuses it.
 
+With config.data.sequences the stage also stores each row's log-mel frame sequence (the
+temporal model's input) as {split}.sequences.npy beside {split}.parquet, same row order,
+standardized per band by sequence_scaler.json (fit on the training rows' frames).
+
 `clip_features` is the same scan -> load -> augment+extract core without the split: the raw
 features of every clip under every requested augmentation, cached on disk (the `cv` stage's
 input, where each clip is a training clip in some fold).
@@ -57,7 +61,7 @@ def prepare_features(config: ml_collections.ConfigDict, out_dir: str | Path) -> 
     spec, is_synthetic = _corpus_spec(data, out_dir.absolute().parent)
     scan = corpora.scan_corpora(spec, keep_boredom=data.keep_boredom)
     fingerprint = _fingerprint(config, scan)
-    if _reusable(out_dir, fingerprint):
+    if _reusable(out_dir, fingerprint, data.sequences):
         logging.info("features: reusing %s (same inputs, data config and extractor)", out_dir)
         return out_dir
     recipe = parse_recipe(data.augment.recipe)
@@ -78,14 +82,7 @@ def prepare_features(config: ml_collections.ConfigDict, out_dir: str | Path) -> 
     timings["extract_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    train_x = np.concatenate([x for split, _, _, x in parts if split == "train"])
-    if len(train_x) == 0:
-        raise dataset.DatasetError("No training rows left after feature extraction.")
-    scaler = dataset.Scaler.fit(train_x)
-    frames = {name: [] for name in dataset.SPLITS}
-    for split, kind, indices, x in parts:
-        frames[split].append(dataset.make_frame(scaler.transform(x), [clips[i] for i in indices],
-                                                kind))
+    frames, scaler, sequences = standardize_parts(parts, clips)
     labels = label_names(data)
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -104,9 +101,47 @@ def prepare_features(config: ml_collections.ConfigDict, out_dir: str | Path) -> 
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "timings": timings,
     }
-    write_feature_dir(out_dir, frames, labels, scaler, manifest, started)
+    write_feature_dir(out_dir, frames, labels, scaler, manifest, started, sequences)
     _print_summary(out_dir, manifest)
     return out_dir
+
+
+Part = tuple[str, str, list[int], np.ndarray, np.ndarray | None]
+"""(split, augmentation, clip indices, raw clip features (n, 270), raw sequences or None)."""
+
+
+@dataclasses.dataclass
+class Sequences:
+    """Standardized frame sequences per split (rows in parquet order) and their band scaler."""
+
+    splits: dict[str, np.ndarray]
+    scaler: dataset.Scaler
+
+
+def standardize_parts(parts: Sequence[Part], clips: Sequence[corpora.Clip]
+                      ) -> tuple[dict[str, list[pd.DataFrame]], dataset.Scaler, Sequences | None]:
+    """Fits the scalers on the training parts and standardizes every part.
+
+    Returns each split's parquet frames, the clip-feature scaler and, when the parts carry
+    sequences, the standardized sequences with their per-band scaler.
+    """
+    train_x = [x for split, _, _, x, _ in parts if split == "train"]
+    if not train_x or sum(len(x) for x in train_x) == 0:
+        raise dataset.DatasetError("No training rows left after feature extraction.")
+    scaler = dataset.Scaler.fit(np.concatenate(train_x))
+    frames: dict[str, list[pd.DataFrame]] = {name: [] for name in dataset.SPLITS}
+    for split, kind, indices, x, _ in parts:
+        frames[split].append(dataset.make_frame(scaler.transform(x), [clips[i] for i in indices],
+                                                kind))
+    if parts[0][4] is None:
+        return frames, scaler, None
+    sequence_scaler = dataset.Scaler.fit(
+        np.concatenate([seq for split, _, _, _, seq in parts if split == "train"]),
+        columns=features.SEQUENCE_NAMES)
+    splits = {name: np.concatenate([sequence_scaler.transform(seq)
+                                    for split, _, _, _, seq in parts if split == name])
+              for name in dataset.SPLITS}
+    return frames, scaler, Sequences(splits, sequence_scaler)
 
 
 @dataclasses.dataclass
@@ -114,11 +149,14 @@ class ClipFeatures:
     """Raw (unscaled) features of every loaded clip under each augmentation kind.
 
     `features[kind]` is (len(clips), 270) float32 in clip order; rows may be non-finite (callers
-    drop them). `rejects` lists the audio that could not be loaded.
+    drop them). `sequences[kind]` holds the raw log-mel sequences (len(clips), frames, 128) when
+    config.data.sequences asks for them, else nothing. `rejects` lists the audio that could not
+    be loaded.
     """
 
     clips: list[corpora.Clip]
     features: dict[str, np.ndarray]
+    sequences: dict[str, np.ndarray]
     rejects: list[tuple[str, str]]
     skipped: list[tuple[str, str]]
     corpus_spec: str
@@ -149,25 +187,28 @@ def clip_features(
     _require_clips(scan, spec)
     fingerprint = _fingerprint(config, scan, data=_clip_features_data(data),
                                purpose=f"clip_features/{CLIP_FEATURES_VERSION}")
-    cached = _read_clip_cache(cache_dir, fingerprint)
+    cached = _read_clip_cache(cache_dir, fingerprint, data.sequences)
     if cached and all(kind in cached.features for kind in kinds):
         logging.info("features: reusing %s (%s)", cache_dir, ", ".join(kinds))
         return _select_kinds(cached, kinds)
 
     started = time.perf_counter()
     waves, clips, rejects = _load_audio(scan, data)
-    result = cached or ClipFeatures(clips, {}, rejects, scan.skipped, spec, is_synthetic,
+    result = cached or ClipFeatures(clips, {}, {}, rejects, scan.skipped, spec, is_synthetic,
                                     fingerprint)
     if [c.path for c in result.clips] != [c.path for c in clips]:  # files changed meanwhile
-        result = ClipFeatures(clips, {}, rejects, scan.skipped, spec, is_synthetic, fingerprint)
+        result = ClipFeatures(clips, {}, {}, rejects, scan.skipped, spec, is_synthetic,
+                              fingerprint)
     missing = [kind for kind in kinds if kind not in result.features]
     logging.info("features: extracting %s for %d clips into %s", ", ".join(missing), len(clips),
                  cache_dir)
     seed_key = jax.random.key(config.seed)
     jobs = [(range(len(clips)), kind, jax.random.fold_in(seed_key, _kind_key(kind)))
             for kind in missing]
-    for kind, x in zip(missing, _extract_jobs(waves, jobs, data), strict=True):
+    for kind, (x, seq) in zip(missing, _extract_jobs(waves, jobs, data), strict=True):
         result.features[kind] = x
+        if seq is not None:
+            result.sequences[kind] = seq
     _write_clip_cache(cache_dir, result, time.perf_counter() - started)
     return _select_kinds(result, kinds)
 
@@ -186,17 +227,20 @@ def _clip_features_data(data: ml_collections.ConfigDict) -> dict:
 
 
 def _select_kinds(result: ClipFeatures, kinds: Sequence[str]) -> ClipFeatures:
-    return dataclasses.replace(result, features={k: result.features[k] for k in kinds})
+    return dataclasses.replace(result, features={k: result.features[k] for k in kinds},
+                               sequences={k: result.sequences[k] for k in kinds
+                                          if k in result.sequences})
 
 
-def _read_clip_cache(cache_dir: Path, fingerprint: str) -> ClipFeatures | None:
+def _read_clip_cache(cache_dir: Path, fingerprint: str,
+                     with_sequences: bool) -> ClipFeatures | None:
     """The cached clips and every readable kind; None when the cache is absent or stale."""
     try:
         manifest = json.loads((cache_dir / "manifest.json").read_text())
         if manifest.get("fingerprint") != fingerprint:
             return None
         clips = [corpora.Clip(**c) for c in manifest["clips"]]
-        result = ClipFeatures(clips, {}, [tuple(r) for r in manifest["rejects"]],
+        result = ClipFeatures(clips, {}, {}, [tuple(r) for r in manifest["rejects"]],
                               [tuple(s) for s in manifest["skipped"]], manifest["corpora"],
                               manifest["synthetic"], fingerprint)
     except (OSError, ValueError, KeyError, TypeError):
@@ -205,8 +249,15 @@ def _read_clip_cache(cache_dir: Path, fingerprint: str) -> ClipFeatures | None:
     for kind in manifest.get("kinds", []):
         try:
             frame = pd.read_parquet(cache_dir / f"{kind}.parquet")
-            if frame["path"].tolist() == paths:
-                result.features[kind] = frame[list(features.FEATURE_NAMES)].to_numpy(np.float32)
+            if frame["path"].tolist() != paths:
+                continue
+            x = frame[list(features.FEATURE_NAMES)].to_numpy(np.float32)
+            if with_sequences:
+                seq = np.load(cache_dir / f"{kind}.{dataset.SEQUENCES_SUFFIX}")
+                if seq.shape[:1] + seq.shape[2:] != (len(paths), len(features.SEQUENCE_NAMES)):
+                    continue
+                result.sequences[kind] = seq.astype(np.float32)
+            result.features[kind] = x
         except (OSError, ValueError, KeyError):
             logging.warning("features: cached %s rows unreadable; extracting them again", kind)
     return result
@@ -231,6 +282,8 @@ def _write_clip_cache(cache_dir: Path, result: ClipFeatures, seconds: float) -> 
         for kind, x in result.features.items():
             dataset.write_parquet_atomic(dataset.make_frame(x, result.clips, kind),
                                          staging / f"{kind}.parquet")
+        for kind, seq in result.sequences.items():  # raw dB values, float16 (0.03 dB steps)
+            dataset.write_sequences_atomic(seq, staging / f"{kind}.{dataset.SEQUENCES_SUFFIX}")
         write_json_atomic(staging / "manifest.json", manifest)
 
 
@@ -295,8 +348,12 @@ def _fingerprint(config: ml_collections.ConfigDict, scan: corpora.CorpusScan,
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
-def _reusable(out_dir: Path, fingerprint: str) -> bool:
-    if not all((out_dir / name).is_file() for name in OUTPUT_FILES):
+def _reusable(out_dir: Path, fingerprint: str, with_sequences: bool) -> bool:
+    needed = [out_dir / name for name in OUTPUT_FILES]
+    if with_sequences:
+        needed += [out_dir / dataset.SEQUENCE_SCALER_FILE,
+                   *(dataset.sequence_path(out_dir, split) for split in dataset.SPLITS)]
+    if not all(path.is_file() for path in needed):
         return False
     try:
         manifest = json.loads((out_dir / "manifest.json").read_text())
@@ -328,8 +385,8 @@ def _extract_all(
     config: ml_collections.ConfigDict,
     rejects: list[tuple[str, str]],
     clips: Sequence[corpora.Clip],
-) -> list[tuple[str, str, list[int], np.ndarray]]:
-    """(split, augmentation, clip indices, raw features) per recipe entry (train) or split.
+) -> list[Part]:
+    """A Part per recipe entry (train) or split (val, test, unaugmented).
 
     Rows with non-finite features are dropped and recorded in `rejects`.
     """
@@ -339,13 +396,15 @@ def _extract_all(
         waves, [(splits[split], kind, jax.random.fold_in(seed_key, position))
                 for position, (split, kind) in enumerate(jobs)], config.data)
     parts = []
-    for (split, kind), x in zip(jobs, extracted, strict=True):
+    for (split, kind), (x, seq) in zip(jobs, extracted, strict=True):
         indices = splits[split]
         finite = np.isfinite(x).all(axis=1)
+        if seq is not None:
+            finite &= np.isfinite(seq).all(axis=(1, 2))
         for i in np.flatnonzero(~finite):
             rejects.append((clips[indices[i]].path, f"non-finite features ({kind}, {split})"))
         parts.append((split, kind, [i for i, ok in zip(indices, finite, strict=True) if ok],
-                      x[finite]))
+                      x[finite], None if seq is None else seq[finite]))
     return parts
 
 
@@ -353,8 +412,9 @@ def _extract_jobs(
     waves: np.ndarray,
     jobs: Sequence[tuple[Sequence[int], str, jax.Array]],
     data: ml_collections.ConfigDict,
-) -> list[np.ndarray]:
-    """Raw features (len(indices), 270) of each (clip indices, augmentation, key) job."""
+) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """Raw features (len(indices), 270) and, when data.sequences, raw log-mel sequences
+    (len(indices), frames, 128) of each (clip indices, augmentation, key) job."""
     # One fixed batch shape for every call, so the extractor compiles once.
     batch = max(1, min(data.batch_size, len(waves)))
     total = sum(len(indices) for indices, _, _ in jobs)
@@ -371,9 +431,12 @@ def _extract(
     batch: int,
     data: ml_collections.ConfigDict,
     bar: tqdm,
-) -> np.ndarray:
-    """Augments and extracts waves[indices] in padded batches; returns (len(indices), 270)."""
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Augments and extracts waves[indices] in padded batches: (len(indices), 270) features and
+    (len(indices), frames, 128) sequences or None."""
+    frames = features.num_frames(waves.shape[1])
     out = [np.zeros((0, len(features.FEATURE_NAMES)), np.float32)]
+    sequences = [np.zeros((0, frames, len(features.SEQUENCE_NAMES)), np.float32)]
     chunk = np.zeros((batch, waves.shape[1]), np.float32)
     for b, start in enumerate(range(0, len(indices), batch)):
         rows = list(indices[start : start + batch])
@@ -384,9 +447,14 @@ def _extract(
             noise_sigma=data.augment.noise_sigma, pitch_semitones=data.augment.pitch_semitones,
             stretch_rate=data.augment.stretch_rate, shift_seconds=data.augment.shift_seconds,
         )
-        out.append(np.asarray(features.extract_features(x, data.sample_rate))[: len(rows)])
+        if data.sequences:
+            clip, seq = features.clip_and_sequence_features(x, data.sample_rate)
+            sequences.append(np.asarray(seq)[: len(rows)])
+        else:
+            clip = features.extract_features(x, data.sample_rate)
+        out.append(np.asarray(clip)[: len(rows)])
         bar.update(len(rows))
-    return np.concatenate(out)
+    return np.concatenate(out), np.concatenate(sequences) if data.sequences else None
 
 
 def split_counts(frames: dict[str, list[pd.DataFrame]], labels: Sequence[str]) -> dict:
@@ -403,8 +471,10 @@ def split_counts(frames: dict[str, list[pd.DataFrame]], labels: Sequence[str]) -
 
 
 def write_feature_dir(out_dir: Path, frames: dict[str, list[pd.DataFrame]], labels: list[str],
-                      scaler: dataset.Scaler, manifest: dict, started: float) -> None:
-    """Writes the OUTPUT_FILES into a temp folder beside out_dir, then swaps it into place.
+                      scaler: dataset.Scaler, manifest: dict, started: float,
+                      sequences: Sequences | None = None) -> None:
+    """Writes the OUTPUT_FILES (and sequences, when given) into a temp folder beside out_dir,
+    then swaps it into place.
 
     Adds write_s and total_s (since `started`, a perf_counter time) to manifest["timings"].
     """
@@ -413,6 +483,10 @@ def write_feature_dir(out_dir: Path, frames: dict[str, list[pd.DataFrame]], labe
         for split, parts in frames.items():
             dataset.write_parquet_atomic(pd.concat(parts, ignore_index=True),
                                          staging / f"{split}.parquet")
+        if sequences is not None:
+            for split, x in sequences.splits.items():
+                dataset.write_sequences_atomic(x, dataset.sequence_path(staging, split))
+            sequences.scaler.save(staging / dataset.SEQUENCE_SCALER_FILE)
         write_json_atomic(staging / "labels.json", {"labels": labels})
         scaler.save(staging / "scaler.json")
         manifest["timings"]["write_s"] = time.perf_counter() - tick
@@ -422,7 +496,9 @@ def write_feature_dir(out_dir: Path, frames: dict[str, list[pd.DataFrame]], labe
 
 def _replaceable(out_dir: Path) -> bool:
     """True for a folder that is empty or holds only a features stage's files."""
-    return out_dir.is_dir() and all(p.name in OUTPUT_FILES for p in out_dir.iterdir())
+    ours = {*OUTPUT_FILES, dataset.SEQUENCE_SCALER_FILE,
+            *(dataset.sequence_path("", split).name for split in dataset.SPLITS)}
+    return out_dir.is_dir() and all(p.name in ours for p in out_dir.iterdir())
 
 
 def _examples(items: Sequence[tuple[str, str]], limit: int) -> str:

@@ -22,7 +22,7 @@ from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ser_jax import bundle, checkpoints, dataset, models
+from ser_jax import batch_augment, bundle, checkpoints, dataset, models
 from ser_jax.files import write_json_atomic
 from ser_jax.metrics_log import MetricsLog
 
@@ -119,7 +119,9 @@ def learning_rate(state: TrainState) -> jax.Array:
 class Trainer:
     """Compiled train/eval functions for one model, optimizer and device mesh."""
 
-    def __init__(self, config: ml_collections.ConfigDict, num_classes: int, input_length: int):
+    def __init__(self, config: ml_collections.ConfigDict, num_classes: int,
+                 input_shape: tuple[int, ...]):
+        """``input_shape`` is one example's shape: (270,) clip features or (frames, bands)."""
         self.config = config
         self.mesh = jax.make_mesh((jax.device_count(),), ("data",),
                                   axis_types=(jax.sharding.AxisType.Auto,))
@@ -130,8 +132,10 @@ class Trainer:
                              f"{jax.device_count()} devices; pick a multiple of it")
         dtype = jnp.bfloat16 if config.train.compute_dtype == "bfloat16" else jnp.float32
         self.model = models.create_model(config.model, num_classes, dtype)
+        batch_augment.check_config(config.train, models.model_inputs(config.model))
+        self.num_classes = num_classes
         self.optimizer = make_optimizer(config.train)
-        self.input_length = input_length
+        self.input_shape = tuple(input_shape)
         self.loop = resolve_loop(config.train.loop)
         self._train_steps = jax.jit(self._train_steps_impl, donate_argnums=(0, 1),
                                     static_argnames=("num_steps",))
@@ -143,7 +147,7 @@ class Trainer:
     # ---- state -------------------------------------------------------------------------------
     def _init_impl(self, key: jax.Array, learning_rate: jax.Array,
                    dropout_rate: jax.Array) -> TrainState:
-        x = jnp.zeros((1, self.input_length, 1), jnp.float32)
+        x = jnp.zeros((1, *self.input_shape), jnp.float32)
         variables = self.model.init(key, x, train=False)
         adam_state, plateau_state = self.optimizer.init(variables["params"])
         hyperparams = {**adam_state.hyperparams,
@@ -168,26 +172,33 @@ class Trainer:
         return jax.make_array_from_callback(array.shape, self.replicated, lambda idx: array[idx])
 
     # ---- compiled functions -------------------------------------------------------------------
-    def _loss_and_grads(self, state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array):
+    def _loss_and_grads(self, state: TrainState, x: jax.Array, targets: jax.Array,
+                        key: jax.Array):
+        """``targets`` are integer labels (batch,) or class probabilities (batch, classes)."""
         def loss_fn(params):
             logits, updates = self.model.apply(
-                {"params": params, "batch_stats": state.batch_stats}, x[..., None], train=True,
+                {"params": params, "batch_stats": state.batch_stats}, x, train=True,
                 dropout_rate=state.dropout_rate, rngs={"dropout": key}, mutable=["batch_stats"])
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+            if targets.ndim == 1:
+                loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+            else:
+                loss = optax.softmax_cross_entropy(logits, targets).mean()
             return loss, (logits, updates["batch_stats"])
         return jax.value_and_grad(loss_fn, has_aux=True)(state.params)
 
     def _train_step(self, state: TrainState, totals: jax.Array, x_all, y_all, index, key):
         index = jax.lax.with_sharding_constraint(index, self.batch_sharded)
         x, y = x_all[index], y_all[index]
-        (loss, (logits, batch_stats)), grads = self._loss_and_grads(state, x, y, key)
+        x, targets = batch_augment.augment_batch(x, y, jax.random.fold_in(key, 1),
+                                                 self.config.train, self.num_classes)
+        (loss, (logits, batch_stats)), grads = self._loss_and_grads(state, x, targets, key)
         adam_state, plateau_state = state.opt_state
         updates, adam_state = self.optimizer.adam.update(grads, adam_state, state.params)
         updates = optax.tree.scale(plateau_state.scale, updates)
         state = state.replace(step=state.step + 1,
                               params=optax.apply_updates(state.params, updates),
                               batch_stats=batch_stats, opt_state=(adam_state, plateau_state))
-        correct = jnp.sum(jnp.argmax(logits, -1) == y)
+        correct = jnp.sum(jnp.argmax(logits, -1) == y)  # against the unmixed labels
         totals = totals + jnp.stack([loss * y.shape[0], correct, y.shape[0]]).astype(jnp.float32)
         return state, totals
 
@@ -214,8 +225,7 @@ class Trainer:
 
     def _logits_impl(self, params, batch_stats, x):
         x = jax.lax.with_sharding_constraint(x, self.batch_sharded)
-        return self.model.apply({"params": params, "batch_stats": batch_stats}, x[..., None],
-                                train=False)
+        return self.model.apply({"params": params, "batch_stats": batch_stats}, x, train=False)
 
     # ---- loops --------------------------------------------------------------------------------
     def epoch_batches(self, seed_key: jax.Array, epoch: int, num_rows: int) -> jax.Array:
@@ -244,7 +254,7 @@ class Trainer:
         """Splits ``x`` into fixed-size, zero-padded batches placed on the devices once."""
         batch = self.config.train.eval_batch_size
         batch -= batch % jax.device_count()
-        padded = np.pad(x, ((0, -len(x) % batch), (0, 0)))
+        padded = np.pad(x, ((0, -len(x) % batch),) + ((0, 0),) * (x.ndim - 1))
         return [self.put_replicated(padded[i:i + batch]) for i in range(0, len(padded), batch)]
 
     def logits(self, params, batch_stats, batches: list[jax.Array], num_rows: int) -> jax.Array:
@@ -259,21 +269,21 @@ _NOT_COMPILED_IN = ("epochs", "early_stop_patience", "early_stop_min_delta",
 
 @functools.lru_cache(maxsize=8)
 def _cached_trainer(config: ml_collections.FrozenConfigDict, num_classes: int,
-                    input_length: int, devices: int) -> Trainer:
+                    input_shape: tuple[int, ...], devices: int) -> Trainer:
     del devices  # part of the cache key only
     config = ml_collections.ConfigDict(config.to_dict())  # a copy: the key must not change
     config.model.dropout = 0.0  # unused: the rate is TrainState.dropout_rate
-    return Trainer(config, num_classes, input_length)
+    return Trainer(config, num_classes, input_shape)
 
 
 def get_trainer(config: ml_collections.ConfigDict, num_classes: int,
-                input_length: int) -> Trainer:
+                input_shape: tuple[int, ...]) -> Trainer:
     """A Trainer whose compiled functions are shared by every run in this process with the same
     model, optimizer and batch settings (tests, tuning trials, cross-validation folds)."""
     train = {k: v for k, v in config.train.items() if k not in _NOT_COMPILED_IN}
     model = {k: v for k, v in config.model.items() if k != "dropout"}
     key = ml_collections.FrozenConfigDict({"model": model, "train": train})
-    return _cached_trainer(key, num_classes, input_length, jax.device_count())
+    return _cached_trainer(key, num_classes, tuple(input_shape), jax.device_count())
 
 
 def resolve_loop(loop: str) -> str:
@@ -304,21 +314,23 @@ def to_host(metrics: dict[str, jax.Array]) -> dict[str, float]:
 
 @dataclasses.dataclass
 class SplitArrays:
-    """One split's standardized features (rows, features) and integer labels (rows,)."""
+    """One split's standardized model inputs (rows, ...) and integer labels (rows,)."""
 
     x: np.ndarray
     y: np.ndarray
 
 
-def load_splits(features_dir: Path) -> tuple[list[str], dict[str, SplitArrays]]:
-    """Reads and validates train/val(/test) parquet files before any training starts."""
+def load_splits(features_dir: Path, inputs: str = "clip"
+                ) -> tuple[list[str], dict[str, SplitArrays]]:
+    """Reads and validates train/val(/test) before any training starts; ``inputs`` is the
+    model's input kind (models.model_inputs)."""
     labels = dataset.read_labels(features_dir)
-    splits = {name: SplitArrays(*dataset.load_split(features_dir / f"{name}.parquet", labels))
-              for name in ("train", "val")}
+    names = ["train", "val"]
     test_path = features_dir / "test.parquet"
     if test_path.exists() and pq.read_metadata(test_path).num_rows:
-        splits["test"] = SplitArrays(*dataset.load_split(test_path, labels))
-    return labels, splits
+        names.append("test")
+    return labels, {name: SplitArrays(*dataset.load_inputs(features_dir, name, labels, inputs))
+                    for name in names}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
@@ -330,9 +342,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     """
     workdir = Path(workdir)
     features_dir = Path(features_dir) if features_dir else workdir / "features"
-    labels, splits = load_splits(features_dir)
+    labels, splits = load_splits(features_dir, models.model_inputs(config.model))
     train = splits["train"]
-    trainer = get_trainer(config, num_classes=len(labels), input_length=train.x.shape[1])
+    trainer = get_trainer(config, num_classes=len(labels), input_shape=train.x.shape[1:])
     x_train, y_train = trainer.put_replicated(train.x), trainer.put_replicated(train.y)
     eval_data = {name: (trainer.eval_batches(split.x), trainer.put_replicated(split.y))
                  for name, split in splits.items() if name != "train"}
@@ -343,7 +355,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
 
     manager = checkpoints.open_manager(workdir / "checkpoints")
     made_with = {"model": config.model.to_dict(), "labels": labels,
-                 "input_length": int(train.x.shape[1])}
+                 "input_shape": list(train.x.shape[1:])}
     seed_key = jax.random.key(config.seed)
     state = trainer.init_state(config.seed, config.train.learning_rate, config.model.dropout)
     stopper = EarlyStopping(config.train.early_stop_min_delta, config.train.early_stop_patience)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ser_jax import train
+from ser_jax import models, train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,9 +85,9 @@ def train_trials(config: ml_collections.ConfigDict, features_dir: str | Path,
     Early stopping is tracked per trial: a stopped trial's best record is frozen while the
     others go on (its computation continues, unused, so all trials keep one shape).
     """
-    labels, splits = train.load_splits(Path(features_dir))
+    labels, splits = train.load_splits(Path(features_dir), models.model_inputs(config.model))
     data = splits["train"]
-    trainer = train.get_trainer(config, num_classes=len(labels), input_length=data.x.shape[1])
+    trainer = train.get_trainer(config, num_classes=len(labels), input_shape=data.x.shape[1:])
     many = trials_trainer(trainer)
     x_train, y_train = trainer.put_replicated(data.x), trainer.put_replicated(data.y)
     val_batches, y_val = trainer.eval_batches(splits["val"].x), splits["val"].y

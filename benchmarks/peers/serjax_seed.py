@@ -34,7 +34,7 @@ def main() -> None:
     x, y, x_test, y_test = common.make_data(args.task, args.rows, args.batch_size, args.seed)
 
     trainer = train.get_trainer(config, num_classes=common.NUM_CLASSES,
-                                input_length=common.INPUT_LENGTH)
+                                input_shape=(common.INPUT_LENGTH,))
     state = init_state(trainer, config, args.seed)
     common.check_sizes(models.count_parameters(state.params),
                        models.count_parameters(state.batch_stats))

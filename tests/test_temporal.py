@@ -1,0 +1,158 @@
+"""The temporal model end to end: frame sequences from the data stage, per-band scaling, the
+cv stage training temporal_cnn folds (checkpoints, evaluation) and prediction from a bundle."""
+
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+from configs import temporal
+from ser_jax import audio, bundle, cv, dataset, features, models, prepare, synthetic, train
+from ser_jax.corpora import EMOTIONS
+
+SPEAKERS = 6
+FOLDS = 3
+FRAMES = features.num_frames(round(22050 * 2.5))  # 108
+BANDS = len(features.SEQUENCE_NAMES)
+
+
+def temporal_config(corpus=None):
+    config = temporal.get_config()
+    config.model.filters = 8
+    config.train.epochs = 2
+    config.train.batch_size = 8
+    config.train.mixup_alpha = 0.2  # exercise the soft-target path too
+    config.data.augment.recipe = "none,noise"
+    config.data.batch_size = 8  # one extractor compile
+    config.cv.folds = FOLDS
+    if corpus is not None:
+        config.data.corpora = f"synthetic:{corpus}"
+    return config
+
+
+def test_temporal_model_shapes_and_size():
+    model = models.create_model(temporal.get_config().model, num_classes=7)
+    x = jnp.zeros((3, FRAMES, BANDS))
+    variables = model.init(jax.random.key(0), x, train=False)
+    assert model.apply(variables, x, train=False).shape == (3, 7)
+    # conv widths 32, 64, 64, 128 (kernel 5, no bias), BatchNorm scale+bias, Dense 256->128->7
+    convs = 5 * (BANDS * 32 + 32 * 64 + 64 * 64 + 64 * 128)
+    norms = 2 * (32 + 64 + 64 + 128)
+    assert models.count_parameters(variables["params"]) == convs + norms + 257 * 128 + 129 * 7
+    out = model.apply(variables, jnp.ones((2, 50, BANDS)), train=True, dropout_rate=0.5,
+                      rngs={"dropout": jax.random.key(1)}, mutable=["batch_stats"])[0]
+    assert out.shape == (2, 7)  # any number of frames: global pooling
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("temporal")
+    corpus = synthetic.write_synthetic_corpus(root / "corpus", speakers=SPEAKERS,
+                                              clips_per_class=1)
+    config = temporal_config(corpus)
+    workdir = root / "work"
+    summary = cv.cross_validate(config, workdir)
+    return workdir, config, summary
+
+
+def _fold_dir(workdir, k):
+    return workdir / "cv" / f"fold_{k:02d}"
+
+
+def test_cv_trains_evaluates_and_checkpoints_every_temporal_fold(run):
+    workdir, _, summary = run
+    assert summary["folds"] == FOLDS
+    assert np.asarray(summary["confusion_matrix"]).sum() == SPEAKERS * 7
+    for metric in cv.METRICS:
+        assert 0.0 <= summary[metric]["mean"] <= 1.0
+    for k in range(FOLDS):
+        fold = _fold_dir(workdir, k)
+        for name in ("checkpoints", "bundle/variables.msgpack", "bundle/sequence_scaler.json",
+                     "evaluation/metrics.json", "features/sequence_scaler.json"):
+            assert (fold / name).exists(), name
+        result = json.loads((fold / "train_result.json").read_text())
+        assert result["epochs_run"] == 2
+
+
+def test_sequences_match_parquet_rows_and_are_standardized_on_training_rows(run):
+    workdir, _, _ = run
+    dct = features.dct_matrix(features.N_MELS)[: features.N_MFCC]
+    means = []
+    for k in range(FOLDS):
+        directory = _fold_dir(workdir, k) / "features"
+        scaler = dataset.Scaler.load(directory / "scaler.json")
+        sequence_scaler = dataset.Scaler.load(directory / dataset.SEQUENCE_SCALER_FILE)
+        assert sequence_scaler.columns == list(features.SEQUENCE_NAMES)
+        means.append(sequence_scaler.mean)
+        for split in dataset.SPLITS:
+            stored = np.load(dataset.sequence_path(directory, split))
+            assert stored.dtype == np.float16
+            x, y = dataset.load_inputs(directory, split, list(EMOTIONS), "sequence")
+            rows = pd.read_parquet(directory / f"{split}.parquet")
+            assert x.shape == (len(rows), FRAMES, BANDS) and len(y) == len(rows)
+            if split == "train":  # per band, over training rows and frames
+                flat = x.reshape(-1, BANDS)
+                assert np.abs(flat.mean(0)).max() < 1e-2
+                assert np.abs(flat.std(0) - 1.0).max() < 1e-2
+            # Row i's sequence is row i's clip: the mean log-mel's DCT is its MFCC row.
+            raw = x.astype(np.float64) * sequence_scaler.scale + sequence_scaler.mean
+            mfcc = raw.mean(axis=1) @ dct.T
+            clip = rows[list(features.FEATURE_NAMES)].to_numpy(np.float64)
+            clip = clip * scaler.scale + scaler.mean
+            np.testing.assert_allclose(mfcc, clip[:, -features.N_MFCC:], atol=0.05)
+    assert not np.allclose(means[0], means[1])  # one scaler per fold
+
+
+def test_bundle_predicts_from_audio_as_training_saw_it(run):
+    workdir, config, _ = run
+    fold = _fold_dir(workdir, 0)
+    model = bundle.load(fold / "bundle")
+    rows = pd.read_parquet(fold / "features" / "test.parquet")
+    stored, _ = dataset.load_inputs(fold / "features", "test", model.labels, "sequence")
+    waves, loaded, rejects = audio.load_clips(
+        rows["path"].tolist(), sample_rate=config.data.sample_rate, offset=config.data.offset,
+        duration=config.data.duration)
+    assert not rejects
+    np.testing.assert_allclose(model.inputs(waves), stored, atol=0.02)
+    results = model.predict_files(rows["path"].tolist())
+    predicted = [EMOTIONS.index(r["emotion"]) for r in results]
+    report = json.loads((fold / "evaluation" / "metrics.json").read_text())
+    matrix = np.zeros((7, 7), np.int64)
+    np.add.at(matrix, ([EMOTIONS.index(label) for label in rows["label"]], predicted), 1)
+    assert matrix.tolist() == report["confusion_matrix"]
+    for r in results:
+        assert sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_clip_cache_holds_sequences_and_is_reused(run, monkeypatch):
+    workdir, config, _ = run
+    cache = workdir / "cv" / "clip_features"
+    assert (cache / f"none.{dataset.SEQUENCES_SUFFIX}").is_file()
+
+    def no_audio(*args, **kwargs):
+        raise AssertionError("audio loaded although the cache is complete")
+
+    monkeypatch.setattr(audio, "load_clips", no_audio)
+    start = time.perf_counter()
+    cached = prepare.clip_features(config, cache, ["none", "noise"], workdir)
+    assert time.perf_counter() - start < 5.0
+    assert cached.sequences["noise"].shape == (SPEAKERS * 7, FRAMES, BANDS)
+    assert not np.allclose(cached.sequences["none"], cached.sequences["noise"])
+
+
+def test_features_stage_writes_sequences_and_training_needs_them(run, tmp_path):
+    workdir, config, _ = run
+    config.data.split.val_fraction = config.data.split.test_fraction = 0.2
+    out = prepare.prepare_features(config, tmp_path / "features")
+    for split in dataset.SPLITS:
+        x, y = dataset.load_inputs(out, split, list(EMOTIONS), "sequence")
+        assert x.shape[1:] == (FRAMES, BANDS) and len(x) == len(y) > 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["data"]["sequences"] is True
+    dataset.sequence_path(out, "val").unlink()
+    with pytest.raises(dataset.DatasetError, match=r"val\.sequences\.npy.*data\.sequences=True"):
+        train.train_and_evaluate(config, tmp_path / "run", features_dir=out)
