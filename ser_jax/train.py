@@ -242,7 +242,8 @@ class Trainer:
         """Runs one epoch; returns the new state and device totals (loss sum, correct, count)."""
         if self.loop == "scan":
             return self._train_epoch(state, x_all, y_all, batches, epoch_key)
-        totals = jnp.zeros((3,), jnp.float32)
+        # Placed like the steps' outputs, so the first call compiles the same program as the rest.
+        totals = jax.device_put(jnp.zeros((3,), jnp.float32), self.replicated)
         steps = batches.shape[0]
         chunk = max(1, self.config.train.steps_per_call)
         for first in range(0, steps, chunk):

@@ -34,7 +34,7 @@ class TrialsTrainer:
 
     def __init__(self, trainer: train.Trainer):
         self.trainer = trainer
-        self._init = jax.jit(jax.vmap(trainer._init_impl))
+        self._init = jax.jit(jax.vmap(trainer._init_impl), out_shardings=trainer.replicated)
         self._logits = jax.jit(jax.vmap(trainer._logits_impl, in_axes=(0, 0, None)))
         self.plateau_step = jax.jit(jax.vmap(functools.partial(train.plateau_step,
                                                                trainer.optimizer)))
@@ -59,7 +59,8 @@ class TrialsTrainer:
         """One epoch of every trial; ``batches`` is (trials, steps, batch)."""
         if self.trainer.loop == "scan":
             return self._epoch_scan(states, x_all, y_all, batches, epoch_keys)
-        totals = jnp.zeros((batches.shape[0], 3), jnp.float32)
+        totals = jax.device_put(jnp.zeros((batches.shape[0], 3), jnp.float32),
+                                self.trainer.replicated)
         steps, chunk = batches.shape[1], max(1, self.trainer.config.train.steps_per_call)
         for first in range(0, steps, chunk):
             states, totals = self._steps_fn(min(chunk, steps - first))(
