@@ -12,8 +12,9 @@ Two subprocesses, one after the other, never concurrently:
    4-row training recipe, batch 64, reduce-on-plateau, a checkpoint per epoch, bundle and
    evaluation report). Parts come from its own files: the features stage's
    ``manifest.json`` timings (decode, extract, total), ``metrics.jsonl`` (seconds per epoch),
-   and the modification times of ``features/manifest.json``, ``train_result.json`` and the
-   process end for the train and evaluate stages.
+   and the modification times of ``features/manifest.json`` and ``train_result.json``: the
+   train stage runs from the one to the other, "evaluate" from the latter to the process's
+   exit (evaluate stage, report files, interpreter shutdown).
 2. the seed's way (this file with ``--worker seed``): the very clips of ser-jax's split (the
    ``path`` and ``augmentation`` columns of its train/val/test parquet files, so the same rows
    go to the same split), decoded with ``ser_jax.audio.load_clips`` (the same decoder, window
@@ -208,8 +209,8 @@ ROWS = (  # (key, label)
     ("features_s", "features (augment + extract)"),
     ("features_stage_s", "features stage (decode, extract, scale, write)"),
     ("epochs_s", "training epochs (sum)"),
-    ("train_stage_s", "train stage (build, compile, fit, checkpoints, bundle)"),
-    ("evaluate_s", "evaluate test split"),
+    ("train_stage_s", "train stage (ser-jax: + checkpoints, bundle)"),
+    ("evaluate_s", "evaluate test split (ser-jax: + report, exit)"),
     ("total_s", "**whole process, wall**"),
     ("cpu_s", "whole process, CPU s (all threads)"),
 )
@@ -228,7 +229,10 @@ def markdown(report: dict) -> str:
         ratio = f"{b / a:.2f}x" if a and b else ""
         lines.append(f"| {label} | {cell(a)} | {cell(b)} | {ratio} |")
     info = report["machine"]
-    lines += ["", f"Machine: {info['cpu_model']}, {info['cpus']} CPUs, {info['platform']}, "
+    lines += ["", f"seed / ser-jax > 1: ser-jax is faster. {report['epochs']} epochs at batch "
+              f"{report['batch_size']} on both sides; seed-way decoding: {report['seed_decoder']}"
+              f"; ser-jax XLA compilation cache: {report['xla_cache']}.",
+              f"Machine: {info['cpu_model']}, {info['cpus']} CPUs, {info['platform']}, "
               f"Python {info['python']}."]
     for name, side in (("ser-jax", report.get("serjax")), ("seed way", report.get("seed"))):
         if not side:

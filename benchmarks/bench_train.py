@@ -29,6 +29,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "ser-jax/step4": (SERJAX, ["--loop", "step", "--steps-per-call", "4"]),
     "ser-jax/step16": (SERJAX, ["--loop", "step", "--steps-per-call", "16"]),
     "ser-jax/scan": (SERJAX, ["--loop", "scan"]),
+    "ser-jax/scan-bf16": (SERJAX, ["--loop", "scan", "--compute-dtype", "bfloat16"]),
     "keras/xla": (KERAS, []),
     "keras/graph": (KERAS, ["--no-jit"]),
     "torch/eager": (TORCH, []),

@@ -20,6 +20,8 @@
 # ser_jax imports that it lacks are installed from tmp/device-wheels (pip --target, or by
 # unpacking the wheels where there is no pip) into /tmp/ser-jax-site, put on PYTHONPATH.
 # BUDGET_S (default 300) caps the whole run: each part's timeout shrinks to fit what is left.
+# FRAMEWORKS, BATCH_SIZES and TRIALS_ARGS override part 2's variants and batch sizes and part
+# 3's arguments (defaults below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -222,8 +224,8 @@ main() {
     nvidia-smi || log "nvidia-smi failed"
     PY=$(pick_python) || { log "no python here imports jax and torch; set PYTHON"; return 2; }
     # Throughput: 3 timed epochs of 32768 rows per run; trials: 8 trials x (1 + 3) epochs.
-    train_args=(--device cuda --rows 32768 --epochs 3 --batch-sizes 64,256,1024)
-    trials_args=(--trials 8 --rows 32768 --batch-size 256 --epochs 3)
+    train_args=(--device cuda --rows 32768 --epochs 3 --batch-sizes "${BATCH_SIZES:-64,256,1024}")
+    read -r -a trials_args <<<"${TRIALS_ARGS:---trials 8 --rows 32768 --batch-size 256 --epochs 3}"
   fi
   export PYTHONPATH=$REPO:$SITE${PYTHONPATH:+:$PYTHONPATH}
   log "environment ($PY)"
