@@ -18,6 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.kernel_size = 5
     config.model.pool_size = 2
     config.model.dropout = 0.3
+    config.model.center = False  # True: remove each clip's mean log-mel (per band) first
     config.train.batch_size = 32
     config.train.epochs = 60
     config.train.plateau_patience = 3

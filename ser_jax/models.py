@@ -67,6 +67,7 @@ class TemporalCNN(nn.Module):
     kernel_size: int = 5
     pool_size: int = 2
     dropout: float = 0.3
+    center: bool = False  # subtract each clip's mean over time from every band first
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -74,6 +75,8 @@ class TemporalCNN(nn.Module):
                  dropout_rate: float | jax.Array | None = None) -> jax.Array:
         """``dropout_rate`` overrides ``self.dropout``; it may be traced (one per vmapped trial)."""
         rate = self.dropout if dropout_rate is None else dropout_rate
+        if self.center:
+            x = x - jnp.mean(x, axis=1, keepdims=True)
         x = x.astype(self.dtype)
         widths = (self.filters, 2 * self.filters, 2 * self.filters, 4 * self.filters)
         for block, width in enumerate(widths):
@@ -115,10 +118,12 @@ def model_inputs(model_config: ml_collections.ConfigDict) -> str:
 def create_model(model_config: ml_collections.ConfigDict, num_classes: int,
                  dtype: jnp.dtype = jnp.float32) -> nn.Module:
     """Builds the model named by ``model_config.name``."""
-    model = SeedCNN if model_inputs(model_config) == "clip" else TemporalCNN
-    return model(num_classes=num_classes, filters=model_config.filters,
-                 kernel_size=model_config.kernel_size, pool_size=model_config.pool_size,
-                 dropout=model_config.dropout, dtype=dtype)
+    shared = {"num_classes": num_classes, "filters": model_config.filters,
+              "kernel_size": model_config.kernel_size, "pool_size": model_config.pool_size,
+              "dropout": model_config.dropout, "dtype": dtype}
+    if model_inputs(model_config) == "clip":
+        return SeedCNN(**shared)
+    return TemporalCNN(center=model_config.get("center", False), **shared)
 
 
 def count_parameters(tree) -> int:
