@@ -48,6 +48,17 @@ def test_temporal_model_shapes_and_size():
     assert out.shape == (2, 7)  # any number of frames: global pooling
 
 
+def test_centered_model_ignores_a_constant_offset_per_band():
+    config = temporal.get_config().model
+    config.center, config.filters = True, 8
+    model = models.create_model(config, num_classes=7)
+    x = jax.random.normal(jax.random.key(0), (2, FRAMES, BANDS))
+    offset = jax.random.normal(jax.random.key(1), (2, 1, BANDS)) * 3.0
+    variables = model.init(jax.random.key(2), x, train=False)
+    np.testing.assert_allclose(model.apply(variables, x, train=False),
+                               model.apply(variables, x + offset, train=False), atol=1e-4)
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("temporal")
