@@ -22,7 +22,6 @@ their last-epoch losses should agree closely (``max_loss_diff``).
 import argparse
 import dataclasses
 import functools
-import inspect
 import json
 import platform
 import sys
@@ -51,15 +50,6 @@ def make_trials(count: int) -> list[trials.Trial]:
     return [trials.Trial(seed=i, learning_rate=LEARNING_RATES[i % len(LEARNING_RATES)],
                          dropout=DROPOUTS[(i // len(LEARNING_RATES)) % len(DROPOUTS)])
             for i in range(count)]
-
-
-def get_trainer(config) -> train.Trainer:
-    """train.get_trainer for 270-value rows, before or after its input_length -> input_shape."""
-    if "input_shape" in inspect.signature(train.get_trainer).parameters:
-        return train.get_trainer(config, num_classes=common.NUM_CLASSES,
-                                 input_shape=(common.INPUT_LENGTH,))
-    return train.get_trainer(config, num_classes=common.NUM_CLASSES,
-                             input_length=common.INPUT_LENGTH)
 
 
 class CompileCounter:
@@ -231,7 +221,8 @@ def main() -> None:
     if args.steps_per_call is not None:
         config.train.steps_per_call = args.steps_per_call
     x, y, _, _ = common.make_data("throughput", args.rows, args.batch_size, args.seed)
-    trainer = get_trainer(config)
+    trainer = train.get_trainer(config, num_classes=common.NUM_CLASSES,
+                                input_shape=(common.INPUT_LENGTH,))
     x_all, y_all = trainer.put_replicated(x), trainer.put_replicated(y)
     ts = make_trials(args.trials)
     device = jax.devices()[0]
