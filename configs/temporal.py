@@ -14,7 +14,7 @@ def get_config() -> ml_collections.ConfigDict:
     config = default.get_config()
     config.data.sequences = True
     config.model.name = 'temporal_cnn'
-    config.model.filters = 32  # conv widths 32, 64, 64, 128
+    config.model.filters = 64  # conv widths 64, 128, 128, 256
     config.model.kernel_size = 5
     config.model.pool_size = 2
     config.model.dropout = 0.3
@@ -27,4 +27,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.spec_augment.time_width = 12
     config.train.spec_augment.freq_masks = 2
     config.train.spec_augment.freq_width = 16
+    config.train.mixup_alpha = 0.2
     return config

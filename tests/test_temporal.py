@@ -39,10 +39,10 @@ def test_temporal_model_shapes_and_size():
     x = jnp.zeros((3, FRAMES, BANDS))
     variables = model.init(jax.random.key(0), x, train=False)
     assert model.apply(variables, x, train=False).shape == (3, 7)
-    # conv widths 32, 64, 64, 128 (kernel 5, no bias), BatchNorm scale+bias, Dense 256->128->7
-    convs = 5 * (BANDS * 32 + 32 * 64 + 64 * 64 + 64 * 128)
-    norms = 2 * (32 + 64 + 64 + 128)
-    assert models.count_parameters(variables["params"]) == convs + norms + 257 * 128 + 129 * 7
+    # conv widths 64, 128, 128, 256 (kernel 5, no bias), BatchNorm scale+bias, Dense 512->128->7
+    convs = 5 * (BANDS * 64 + 64 * 128 + 128 * 128 + 128 * 256)
+    norms = 2 * (64 + 128 + 128 + 256)
+    assert models.count_parameters(variables["params"]) == convs + norms + 513 * 128 + 129 * 7
     out = model.apply(variables, jnp.ones((2, 50, BANDS)), train=True, dropout_rate=0.5,
                       rngs={"dropout": jax.random.key(1)}, mutable=["batch_stats"])[0]
     assert out.shape == (2, 7)  # any number of frames: global pooling
