@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from configs import default
-from ser_jax import dataset
+from ser_jax import audio, cv, dataset, synthetic
 from ser_jax.corpora import EMOTIONS
 from ser_jax.features import FEATURE_NAMES
 
@@ -53,3 +53,22 @@ def tiny_config(**train_overrides) -> ml_collections.ConfigDict:
 def feature_dir(tmp_path_factory) -> Path:
     return write_feature_dir(tmp_path_factory.mktemp("features"),
                              {"train": 224, "val": 70, "test": 70})
+
+
+def cross_validate_synthetic(root: Path, config: ml_collections.ConfigDict,
+                             speakers: int) -> tuple[Path, dict]:
+    """Runs the cv stage on a fresh synthetic corpus (1 clip per class and speaker) under root;
+    returns (workdir, summary)."""
+    corpus = synthetic.write_synthetic_corpus(root / "corpus", speakers=speakers,
+                                              clips_per_class=1)
+    config.data.corpora = f"synthetic:{corpus}"
+    workdir = root / "work"
+    return workdir, cv.cross_validate(config, workdir)
+
+
+def forbid_audio_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Makes any audio loading fail the test (for checks that a cache is used)."""
+    def no_audio(*args, **kwargs):
+        raise AssertionError("audio loaded although the cache is complete")
+
+    monkeypatch.setattr(audio, "load_clips", no_audio)

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ser_jax import audio, cv, dataset, evaluate, prepare, synthetic, train
+from ser_jax import cv, dataset, evaluate, prepare, train
 from ser_jax.corpora import EMOTIONS, Clip
 from ser_jax.features import FEATURE_NAMES
-from tests.conftest import REPO, tiny_config
+from tests.conftest import REPO, cross_validate_synthetic, forbid_audio_loading, tiny_config
 
 SPEAKERS = 6
 FOLDS = 3
@@ -88,9 +88,8 @@ def test_too_few_speakers_or_folds_are_explained():
 # --------------------------------------------------------------------------- end to end
 
 
-def cv_config(corpus):
+def cv_config():
     config = tiny_config(epochs=2)
-    config.data.corpora = f"synthetic:{corpus}"
     config.data.augment.recipe = "none,noise"
     config.data.batch_size = 8  # one extractor compile
     config.cv.folds = FOLDS
@@ -99,13 +98,9 @@ def cv_config(corpus):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cv")
-    corpus = synthetic.write_synthetic_corpus(root / "corpus", speakers=SPEAKERS,
-                                              clips_per_class=1)
-    config = cv_config(corpus)
-    workdir = root / "work"
+    config = cv_config()
     start = time.perf_counter()
-    summary = cv.cross_validate(config, workdir)
+    workdir, summary = cross_validate_synthetic(tmp_path_factory.mktemp("cv"), config, SPEAKERS)
     return workdir, config, summary, time.perf_counter() - start
 
 
@@ -186,10 +181,7 @@ def test_clip_features_are_cached_and_extended_per_kind(run, tmp_path, monkeypat
     manifest = json.loads((cache / "manifest.json").read_text())
     assert manifest["kinds"] == ["noise", "none"] and len(manifest["clips"]) == SPEAKERS * 7
 
-    def no_audio(*args, **kwargs):
-        raise AssertionError("audio loaded although the cache is complete")
-
-    monkeypatch.setattr(audio, "load_clips", no_audio)
+    forbid_audio_loading(monkeypatch)
     start = time.perf_counter()
     cached = prepare.clip_features(config, cache, ["none", "noise"], workdir)
     assert time.perf_counter() - start < 5.0

@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 
 from configs import temporal
-from ser_jax import audio, bundle, cv, dataset, features, models, prepare, synthetic, train
+from ser_jax import audio, bundle, cv, dataset, features, models, prepare, train
 from ser_jax.corpora import EMOTIONS
+from tests.conftest import cross_validate_synthetic, forbid_audio_loading
 
 SPEAKERS = 6
 FOLDS = 3
@@ -20,7 +21,7 @@ FRAMES = features.num_frames(round(22050 * 2.5))  # 108
 BANDS = len(features.SEQUENCE_NAMES)
 
 
-def temporal_config(corpus=None):
+def temporal_config():
     config = temporal.get_config()
     config.model.filters = 8
     config.train.epochs = 2
@@ -29,8 +30,6 @@ def temporal_config(corpus=None):
     config.data.augment.recipe = "none,noise"
     config.data.batch_size = 8  # one extractor compile
     config.cv.folds = FOLDS
-    if corpus is not None:
-        config.data.corpora = f"synthetic:{corpus}"
     return config
 
 
@@ -61,12 +60,9 @@ def test_centered_model_ignores_a_constant_offset_per_band():
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("temporal")
-    corpus = synthetic.write_synthetic_corpus(root / "corpus", speakers=SPEAKERS,
-                                              clips_per_class=1)
-    config = temporal_config(corpus)
-    workdir = root / "work"
-    summary = cv.cross_validate(config, workdir)
+    config = temporal_config()
+    workdir, summary = cross_validate_synthetic(tmp_path_factory.mktemp("temporal"), config,
+                                                SPEAKERS)
     return workdir, config, summary
 
 
@@ -144,10 +140,7 @@ def test_clip_cache_holds_sequences_and_is_reused(run, monkeypatch):
     cache = workdir / "cv" / "clip_features"
     assert (cache / f"none.{dataset.SEQUENCES_SUFFIX}").is_file()
 
-    def no_audio(*args, **kwargs):
-        raise AssertionError("audio loaded although the cache is complete")
-
-    monkeypatch.setattr(audio, "load_clips", no_audio)
+    forbid_audio_loading(monkeypatch)
     start = time.perf_counter()
     cached = prepare.clip_features(config, cache, ["none", "noise"], workdir)
     assert time.perf_counter() - start < 5.0
