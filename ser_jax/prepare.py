@@ -418,8 +418,14 @@ def _extract_jobs(
     # One fixed batch shape for every call, so the extractor compiles once.
     batch = max(1, min(data.batch_size, len(waves)))
     total = sum(len(indices) for indices, _, _ in jobs)
+    # Clip sets that get both the pitch and the pitch_noise row: their pitch shift (the costliest
+    # augmentation) is computed once, kept by the first of the two jobs for the second.
+    pitched = {tuple(indices) for indices, kind, _ in jobs if kind == "pitch"} & {
+        tuple(indices) for indices, kind, _ in jobs if kind == "pitch_noise"}
+    shared = {key: {} for key in pitched}
     with tqdm(total=total, desc="features", unit="clip", file=sys.stderr) as bar:
-        return [_extract(waves, indices, kind, key, batch, data, bar)
+        return [_extract(waves, indices, kind, key, batch, data, bar,
+                         shared.get(tuple(indices)))
                 for indices, kind, key in jobs]
 
 
@@ -431,9 +437,15 @@ def _extract(
     batch: int,
     data: ml_collections.ConfigDict,
     bar: tqdm,
+    pitched: dict[int, jax.Array] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Augments and extracts waves[indices] in padded batches: (len(indices), 270) features and
-    (len(indices), frames, 128) sequences or None."""
+    (len(indices), frames, 128) sequences or None.
+
+    `pitched`, when given, passes pitch-shifted batches between the pitch and pitch_noise jobs
+    of the same clips: the first stores batch b's shifted waves, the second takes them (the
+    rows equal augment.augment's, which shifts, then adds the noise).
+    """
     frames = features.num_frames(waves.shape[1])
     out = [np.zeros((0, len(features.FEATURE_NAMES)), np.float32)]
     sequences = [np.zeros((0, frames, len(features.SEQUENCE_NAMES)), np.float32)]
@@ -442,11 +454,21 @@ def _extract(
         rows = list(indices[start : start + batch])
         chunk[: len(rows)] = waves[rows]
         chunk[len(rows) :] = 0.0
-        x = augment.augment(
-            jnp.asarray(chunk), kind, jax.random.fold_in(key, b), sample_rate=data.sample_rate,
-            noise_sigma=data.augment.noise_sigma, pitch_semitones=data.augment.pitch_semitones,
-            stretch_rate=data.augment.stretch_rate, shift_seconds=data.augment.shift_seconds,
-        )
+        batch_key = jax.random.fold_in(key, b)
+        if pitched is not None and kind in ("pitch", "pitch_noise"):
+            shifted = pitched.pop(b, None)
+            if shifted is None:
+                shifted = pitched[b] = augment.pitch_shift(
+                    jnp.asarray(chunk), data.sample_rate, data.augment.pitch_semitones)
+            x = (shifted if kind == "pitch" else
+                 augment.add_noise(shifted, batch_key, data.augment.noise_sigma))
+        else:
+            x = augment.augment(
+                jnp.asarray(chunk), kind, batch_key, sample_rate=data.sample_rate,
+                noise_sigma=data.augment.noise_sigma,
+                pitch_semitones=data.augment.pitch_semitones,
+                stretch_rate=data.augment.stretch_rate, shift_seconds=data.augment.shift_seconds,
+            )
         if data.sequences:
             clip, seq = features.clip_and_sequence_features(x, data.sample_rate)
             sequences.append(np.asarray(seq)[: len(rows)])

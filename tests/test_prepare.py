@@ -7,12 +7,14 @@ import os
 import shutil
 import time
 
+import jax
 import numpy as np
 import pandas as pd
 import pytest
+from tqdm import tqdm
 
 from configs import default
-from ser_jax import dataset, prepare
+from ser_jax import augment, corpora, dataset, prepare
 from ser_jax.corpora import EMOTIONS
 from ser_jax.features import FEATURE_NAMES
 
@@ -169,3 +171,23 @@ def test_bad_recipe_is_explained(run, tmp_path):
     config.data.augment.recipe = "none,reverb"
     with pytest.raises(dataset.DatasetError, match="reverb.*pitch_noise"):
         prepare.prepare_features(config, tmp_path / "features")
+
+
+def test_pitch_shift_is_shared_by_the_pitch_and_pitch_noise_rows(run, monkeypatch):
+    root, _, config, _ = run
+    scan = corpora.scan_corpora(f"synthetic:{root / 'synthetic_corpus'}")
+    waves, clips, _ = prepare._load_audio(scan, config.data)
+    indices = list(range(len(clips)))
+    jobs = [(indices, "pitch", jax.random.key(1)), (indices, "pitch_noise", jax.random.key(2))]
+    shifts = []
+    shift = augment.pitch_shift
+    monkeypatch.setattr(augment, "pitch_shift", lambda *a, **k: shifts.append(1) or shift(*a, **k))
+    shared = prepare._extract_jobs(waves, jobs, config.data)
+    batches = -(-len(clips) // config.data.batch_size)
+    assert len(shifts) == batches  # once per batch, not once per batch and job
+    monkeypatch.undo()
+    with tqdm(disable=True) as bar:  # each job alone, through augment.augment
+        for (indices, kind, key), (x, _) in zip(jobs, shared, strict=True):
+            alone, _ = prepare._extract(waves, indices, kind, key, config.data.batch_size,
+                                        config.data, bar)
+            np.testing.assert_array_equal(x, alone)
