@@ -168,16 +168,12 @@ def fold_frames(
     for split in dataset.SPLITS:
         indices = [i for i, c in enumerate(clips) if role.get(c.speaker) == split]
         for kind in recipe if split == "train" else ("none",):
-            x = clip_features.features[kind][indices]
             seq = clip_features.sequences.get(kind)
-            seq = None if seq is None else seq[indices]
-            finite = np.isfinite(x).all(axis=1)
-            if seq is not None:
-                finite &= np.isfinite(seq).all(axis=(1, 2))
-            dropped += [(clips[i].path, f"non-finite features ({kind})")
-                        for i, ok in zip(indices, finite, strict=True) if not ok]
-            parts.append((split, kind, [i for i, ok in zip(indices, finite, strict=True) if ok],
-                          x[finite], None if seq is None else seq[finite]))
+            part, bad = prepare.finite_part(split, kind, indices,
+                                            clip_features.features[kind][indices],
+                                            None if seq is None else seq[indices])
+            dropped += [(clips[i].path, f"non-finite features ({kind})") for i in bad]
+            parts.append(part)
     if not sum(len(x) for split, _, _, x, _ in parts if split == "train"):
         raise dataset.DatasetError(f"Fold {fold.index} has no finite training rows.")
     frames, scaler, sequences = prepare.standardize_parts(parts, clips)

@@ -337,11 +337,15 @@ def _frame_features(waves: jax.Array, sample_rate: int) -> jax.Array:
     return features[:, np.argsort(frame_order(num_frames(waves.shape[1])))]
 
 
-@partial(jax.jit, static_argnames="sample_rate")
-def _clip_features(waves: jax.Array, sample_rate: int) -> jax.Array:
-    parts, db = _frame_parts(waves, sample_rate)
+def _clip_vector(parts: jax.Array, db: jax.Array) -> jax.Array:
+    """_frame_parts' output averaged over frames: the (B, 270) clip features."""
     mfcc = jnp.mean(db, axis=1) @ dct_matrix(N_MELS)[:N_MFCC].T  # the DCT commutes with the mean
     return jnp.concatenate([jnp.mean(parts, axis=1), mfcc], axis=-1)
+
+
+@partial(jax.jit, static_argnames="sample_rate")
+def _clip_features(waves: jax.Array, sample_rate: int) -> jax.Array:
+    return _clip_vector(*_frame_parts(waves, sample_rate))
 
 
 def frame_features(waves: jax.Array, sample_rate: int = 22050) -> jax.Array:
@@ -363,9 +367,7 @@ def extract_features(waves: jax.Array, sample_rate: int = 22050) -> jax.Array:
 @partial(jax.jit, static_argnames="sample_rate")
 def _clip_and_sequence(waves: jax.Array, sample_rate: int) -> tuple[jax.Array, jax.Array]:
     parts, db = _frame_parts(waves, sample_rate)
-    mfcc = jnp.mean(db, axis=1) @ dct_matrix(N_MELS)[:N_MFCC].T
-    clip = jnp.concatenate([jnp.mean(parts, axis=1), mfcc], axis=-1)
-    return clip, db[:, np.argsort(frame_order(num_frames(waves.shape[1])))]
+    return _clip_vector(parts, db), db[:, np.argsort(frame_order(num_frames(waves.shape[1])))]
 
 
 def clip_and_sequence_features(waves: jax.Array, sample_rate: int = 22050

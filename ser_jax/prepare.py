@@ -397,15 +397,23 @@ def _extract_all(
                 for position, (split, kind) in enumerate(jobs)], config.data)
     parts = []
     for (split, kind), (x, seq) in zip(jobs, extracted, strict=True):
-        indices = splits[split]
-        finite = np.isfinite(x).all(axis=1)
-        if seq is not None:
-            finite &= np.isfinite(seq).all(axis=(1, 2))
-        for i in np.flatnonzero(~finite):
-            rejects.append((clips[indices[i]].path, f"non-finite features ({kind}, {split})"))
-        parts.append((split, kind, [i for i, ok in zip(indices, finite, strict=True) if ok],
-                      x[finite], None if seq is None else seq[finite]))
+        part, dropped = finite_part(split, kind, splits[split], x, seq)
+        rejects += [(clips[i].path, f"non-finite features ({kind}, {split})") for i in dropped]
+        parts.append(part)
     return parts
+
+
+def finite_part(split: str, kind: str, indices: Sequence[int], x: np.ndarray,
+                sequences: np.ndarray | None) -> tuple[Part, list[int]]:
+    """The Part of the rows whose features (and sequences) are all finite, and the clip
+    indices of the rows dropped."""
+    finite = np.isfinite(x).all(axis=1)
+    if sequences is not None:
+        finite &= np.isfinite(sequences).all(axis=(1, 2))
+    kept = [i for i, ok in zip(indices, finite, strict=True) if ok]
+    dropped = [i for i, ok in zip(indices, finite, strict=True) if not ok]
+    return (split, kind, kept, x[finite],
+            None if sequences is None else sequences[finite]), dropped
 
 
 def _extract_jobs(
