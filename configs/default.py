@@ -50,6 +50,11 @@ def get_config() -> ml_collections.ConfigDict:
     model.pool_size = 2
     model.dropout = 0.2
     model.num_classes = 7
+    model.center = False  # temporal_cnn: remove each clip's mean log-mel (per band) first
+    # Member networks trained side by side in one program, each on its own loss, their class
+    # probabilities averaged: comma-separated variants, 'plain' or 'centered' (temporal_cnn
+    # only: as model.center=True). '' trains one network.
+    model.ensemble = ''
 
     train = config.train = ml_collections.ConfigDict()
     # 64, not the seed's 16: on 2 CPU cores ser-jax's best loop (steps_per_call=16) trained 762

@@ -1,7 +1,7 @@
-"""Models: the seed's Conv1D CNN over the 270-value feature vector (Keras semantics) and a
-temporal Conv1D over the clip's log-mel frame sequence."""
+"""Models: the seed's Conv1D CNN over the 270-value feature vector (Keras semantics), a
+temporal Conv1D over the clip's log-mel frame sequence, and an ensemble of either."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -96,6 +96,30 @@ class TemporalCNN(nn.Module):
         return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 
 
+class Ensemble(nn.Module):
+    """Member networks trained side by side on the same batches, each on its own loss.
+
+    ``train=True`` returns every member's logits, stacked (members, batch, classes), for a loss
+    per member (the trainer averages them, so no member's gradient depends on another's).
+    ``train=False`` returns :func:`mean_log_probs` (batch, classes): its softmax is the members'
+    mean class probabilities, so evaluation and prediction read it as any model's logits.
+    """
+
+    members: Sequence[nn.Module]
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool,
+                 dropout_rate: float | jax.Array | None = None) -> jax.Array:
+        logits = jnp.stack([m(x, train=train, dropout_rate=dropout_rate) for m in self.members])
+        return logits if train else mean_log_probs(logits)
+
+
+def mean_log_probs(member_logits: jax.Array) -> jax.Array:
+    """log of the mean over axis 0 of softmax(member_logits): (members, ..., C) -> (..., C)."""
+    log_probs = jax.nn.log_softmax(member_logits, axis=-1)
+    return jax.nn.logsumexp(log_probs, axis=0) - jnp.log(member_logits.shape[0])
+
+
 def dropout(module: nn.Module, x: jax.Array, rate: float | jax.Array) -> jax.Array:
     """Inverted dropout whose rate may be a traced value (nn.Dropout needs a Python float)."""
     keep = 1.0 - rate
@@ -115,15 +139,44 @@ def model_inputs(model_config: ml_collections.ConfigDict) -> str:
     return MODEL_INPUTS[model_config.name]
 
 
+VARIANTS = {"plain": False, "centered": True}
+"""Ensemble member variants (model.ensemble) and whether each removes the clip's mean log-mel."""
+
+
+def ensemble_variants(model_config: ml_collections.ConfigDict) -> list[str]:
+    """The member variants listed in ``model.ensemble`` ([] for a single network), checked."""
+    variants = [v.strip() for v in model_config.get("ensemble", "").split(",") if v.strip()]
+    for variant in variants:
+        if variant not in VARIANTS:
+            raise ValueError(f"model.ensemble={model_config.ensemble!r}: unknown member variant "
+                             f"{variant!r}; valid: {', '.join(map(repr, VARIANTS))}")
+        if VARIANTS[variant] and model_inputs(model_config) != "sequence":
+            raise ValueError(f"model.ensemble={model_config.ensemble!r}: 'centered' members "
+                             f"need frame sequences, and model.name={model_config.name!r} reads "
+                             "clip features; use 'plain' members or model.name='temporal_cnn'")
+    if len(variants) == 1:
+        raise ValueError(f"model.ensemble={model_config.ensemble!r} names one member; list two "
+                         "or more (e.g. 'plain,centered'), or leave it empty for one network")
+    return variants
+
+
 def create_model(model_config: ml_collections.ConfigDict, num_classes: int,
                  dtype: jnp.dtype = jnp.float32) -> nn.Module:
-    """Builds the model named by ``model_config.name``."""
+    """Builds the model named by ``model_config.name``, or an ensemble of them when
+    ``model_config.ensemble`` lists member variants."""
     shared = {"num_classes": num_classes, "filters": model_config.filters,
               "kernel_size": model_config.kernel_size, "pool_size": model_config.pool_size,
               "dropout": model_config.dropout, "dtype": dtype}
-    if model_inputs(model_config) == "clip":
-        return SeedCNN(**shared)
-    return TemporalCNN(center=model_config.get("center", False), **shared)
+
+    def network(center: bool) -> nn.Module:
+        if model_inputs(model_config) == "clip":
+            return SeedCNN(**shared)
+        return TemporalCNN(center=center, **shared)
+
+    variants = ensemble_variants(model_config)
+    if not variants:
+        return network(model_config.get("center", False))
+    return Ensemble(tuple(network(VARIANTS[v]) for v in variants))
 
 
 def count_parameters(tree) -> int:

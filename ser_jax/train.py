@@ -179,10 +179,14 @@ class Trainer:
             logits, updates = self.model.apply(
                 {"params": params, "batch_stats": state.batch_stats}, x, train=True,
                 dropout_rate=state.dropout_rate, rngs={"dropout": key}, mutable=["batch_stats"])
+            # An ensemble gives (members, batch, classes): each member's loss, averaged.
             if targets.ndim == 1:
-                loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+                labels = jnp.broadcast_to(targets, logits.shape[:-1])
+                loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
             else:
                 loss = optax.softmax_cross_entropy(logits, targets).mean()
+            if logits.ndim == 3:
+                logits = models.mean_log_probs(logits)
             return loss, (logits, updates["batch_stats"])
         return jax.value_and_grad(loss_fn, has_aux=True)(state.params)
 
