@@ -11,6 +11,7 @@ with a scaler fit on those rows. Features are extracted once per clip and augmen
                                layout), checkpoints/, bundle/, train_result.json, evaluation/
     WORKDIR/cv/summary.json    per-fold and mean ± std accuracy, balanced accuracy, macro-F1;
                                per-class recall; the summed confusion matrix (also CSV and PNG)
+    WORKDIR/cv/predictions.csv every clip's out-of-fold prediction and class probabilities
 
 A killed run resumes: finished folds are read back, an unfinished one resumes from its latest
 checkpoint. A fold made from other data, speakers or model/training settings starts again.
@@ -244,8 +245,9 @@ def run_fold(config: ml_collections.ConfigDict, clip_features: prepare.ClipFeatu
         logging.info("cv: fold %d already trained (%s)", fold.index, fold_dir)
     else:
         train.train_and_evaluate(config, fold_dir)
-    metrics = fold_dir / "evaluation" / "metrics.json"
-    report = json.loads(metrics.read_text()) if metrics.is_file() else evaluate.evaluate(fold_dir)
+    out = fold_dir / "evaluation"
+    report = (json.loads((out / "metrics.json").read_text())
+              if (out / evaluate.PREDICTIONS_FILE).is_file() else evaluate.evaluate(fold_dir))
     training = json.loads((fold_dir / "train_result.json").read_text())
     return {**report, "training": training}
 
@@ -323,6 +325,15 @@ def write_summary(cv_dir: Path, summary: dict) -> None:
                        evaluate.plot_confusion(matrix, labels, title))
 
 
+def write_predictions(cv_dir: Path, folds: Sequence[Fold]) -> None:
+    """Writes predictions.csv: every fold's test rows with their predictions (out-of-fold: each
+    clip scored by the fold whose model never heard its speaker) and a ``fold`` column."""
+    frames = [pd.read_csv(cv_dir / f"fold_{fold.index:02d}" / "evaluation" /
+                          evaluate.PREDICTIONS_FILE).assign(fold=fold.index) for fold in folds]
+    write_bytes_atomic(cv_dir / evaluate.PREDICTIONS_FILE,
+                       pd.concat(frames, ignore_index=True).to_csv(index=False).encode())
+
+
 # --------------------------------------------------------------------------- stage
 
 
@@ -356,5 +367,6 @@ def cross_validate(config: ml_collections.ConfigDict, workdir: str | Path) -> di
         **summarize(folds, reports, labels),
     }
     write_summary(cv_dir, summary)
+    write_predictions(cv_dir, folds)
     print(format_summary(summary), flush=True)
     return summary

@@ -14,6 +14,9 @@ from ser_jax.files import write_bytes_atomic, write_json_atomic
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 
+PREDICTIONS_FILE = "predictions.csv"
+PREDICTION_KEYS = ("path", "speaker", "corpus", "label")
+
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     """Counts (true class, predicted class) pairs: rows are true classes."""
@@ -83,7 +86,9 @@ def evaluate(workdir: str | Path, features_dir: str | Path | None = None,
              split: str = "test") -> dict:
     """Scores the workdir's bundle on a split (``test``; ``val`` when test has no rows).
 
-    Writes ``evaluation/metrics.json``, ``confusion_matrix.csv`` and ``confusion_matrix.png``.
+    Writes ``evaluation/metrics.json``, ``confusion_matrix.csv``, ``confusion_matrix.png`` and
+    ``predictions.csv`` (each row's path, speaker, corpus, label, predicted label and class
+    probabilities ``p_<label>``).
     """
     workdir = Path(workdir)
     features_dir = Path(features_dir) if features_dir else workdir / "features"
@@ -93,7 +98,8 @@ def evaluate(workdir: str | Path, features_dir: str | Path | None = None,
     model = bundle.load(workdir / "bundle")
     x, y = dataset.load_inputs(features_dir, split, model.labels,
                                models.model_inputs(model.config.model))
-    predicted = model.probabilities(x).argmax(1)
+    probabilities = model.probabilities(x)
+    predicted = probabilities.argmax(1)
     matrix = confusion_matrix(y, predicted, len(model.labels))
     report = {"split": split, "features": str(path),
               **classification_metrics(matrix, model.labels),
@@ -102,6 +108,10 @@ def evaluate(workdir: str | Path, features_dir: str | Path | None = None,
     write_json_atomic(out / "metrics.json", report)
     csv = pd.DataFrame(matrix, index=model.labels, columns=model.labels).rename_axis("true")
     write_bytes_atomic(out / "confusion_matrix.csv", csv.to_csv().encode())
+    rows = pd.read_parquet(path, columns=list(PREDICTION_KEYS))
+    rows["predicted"] = [model.labels[i] for i in predicted]
+    rows[[f"p_{label}" for label in model.labels]] = probabilities
+    write_bytes_atomic(out / PREDICTIONS_FILE, rows.to_csv(index=False).encode())
     write_bytes_atomic(out / "confusion_matrix.png",
                        plot_confusion(matrix, model.labels, f"{split} split ({len(y)} rows)"))
     print(format_table(report))

@@ -129,6 +129,20 @@ def test_summary_has_finite_metrics_and_the_summed_matrix(run):
     assert tested == [f"synthetic_{i:02d}" for i in range(1, SPEAKERS + 1)]
 
 
+def test_predictions_hold_every_clip_once_out_of_fold(run):
+    workdir, _, summary, _ = run
+    rows = pd.read_csv(workdir / "cv" / "predictions.csv")
+    assert len(rows) == SPEAKERS * 7 and rows["path"].is_unique
+    for f in summary["per_fold"]:  # each clip scored by the fold that tests its speaker
+        assert set(rows.loc[rows["fold"] == f["fold"], "speaker"]) == set(f["test_speakers"])
+    probabilities = rows[[f"p_{label}" for label in EMOTIONS]].to_numpy()
+    np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-4)
+    assert (rows["predicted"] == [EMOTIONS[i] for i in probabilities.argmax(1)]).all()
+    matrix = pd.crosstab(rows["label"], rows["predicted"]).reindex(
+        index=EMOTIONS, columns=EMOTIONS, fill_value=0)
+    assert matrix.to_numpy().tolist() == summary["confusion_matrix"]
+
+
 def test_fold_dirs_hold_a_training_workdir_per_fold(run):
     workdir, _, summary, _ = run
     for f in summary["per_fold"]:

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from ser_jax import bundle, evaluate
@@ -26,12 +27,18 @@ def test_main_job_leaves_every_artifact(workdir):
     for name in ("config.json", "features/train.parquet", "features/manifest.json",
                  "metrics.jsonl", "train_result.json", "bundle/variables.msgpack",
                  "bundle/scaler.json", "evaluation/metrics.json",
-                 "evaluation/confusion_matrix.csv", "evaluation/confusion_matrix.png"):
+                 "evaluation/confusion_matrix.csv", "evaluation/confusion_matrix.png",
+                 "evaluation/predictions.csv"):
         assert (workdir / name).is_file(), name
     report = json.loads((workdir / "evaluation" / "metrics.json").read_text())
     assert report["split"] == "test" and report["rows"] == 14
     assert np.asarray(report["confusion_matrix"]).sum() == 14
     assert (workdir / "evaluation" / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    predictions = pd.read_csv(workdir / "evaluation" / "predictions.csv")
+    test_rows = pd.read_parquet(workdir / "features" / "test.parquet")
+    assert predictions["path"].tolist() == test_rows["path"].tolist()
+    assert (predictions["label"] == predictions["predicted"]).mean() == pytest.approx(
+        report["accuracy"])
     manifest = json.loads((workdir / "features" / "manifest.json").read_text())
     assert manifest["synthetic"] is True
 
