@@ -1,7 +1,8 @@
 """The temporal model: a Conv1D over each clip's log-mel frame sequence (108 frames x 128 bands).
 
 The data stage stores the sequences (data.sequences); training masks spans of frames and bands
-(SpecAugment) on the device. Figures and the settings tried are in docs/results.md.
+(SpecAugment) on the device. Two such networks are trained and averaged (model.ensemble).
+Figures and the settings tried are in docs/results.md.
 """
 
 import ml_collections
@@ -18,7 +19,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.kernel_size = 5
     config.model.pool_size = 2
     config.model.dropout = 0.3
-    config.model.center = False  # True: remove each clip's mean log-mel (per band) first
+    # Two members trained one after another, their probabilities averaged: one on the log-mel
+    # sequence as it is, one with each clip's mean log-mel removed per band (model.center).
+    config.model.ensemble = 'plain,centered'
     config.train.batch_size = 32
     config.train.epochs = 60
     config.train.plateau_patience = 3

@@ -43,7 +43,7 @@ class Bundle:
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities (rows, classes) for standardized inputs (as the splits store)."""
-        return np.asarray(_predict(self.model, self.variables, jnp.asarray(x)))
+        return predict_probabilities(self.model, self.variables, x)
 
     def predict_files(self, paths: list[str | Path]) -> list[dict]:
         """Predicts each audio file; unreadable files get an ``error`` instead of a prediction."""
@@ -60,6 +60,18 @@ class Bundle:
                                 "probabilities": probabilities})
         order = {str(p): i for i, p in enumerate(paths)}
         return sorted(results, key=lambda r: order[str(r["path"])])
+
+
+def predict_probabilities(model: flax.linen.Module, variables: dict, x: np.ndarray,
+                          batch_size: int = 256) -> np.ndarray:
+    """``model``'s class probabilities (rows, classes) for inputs ``x``, in zero-padded batches
+    of one shape (one compiled program; rows do not interact at inference)."""
+    if len(x) <= batch_size:
+        return np.asarray(_predict(model, variables, jnp.asarray(x)))
+    padded = np.pad(x, ((0, -len(x) % batch_size),) + ((0, 0),) * (x.ndim - 1))
+    outputs = [np.asarray(_predict(model, variables, jnp.asarray(padded[i:i + batch_size])))
+               for i in range(0, len(padded), batch_size)]
+    return np.concatenate(outputs)[:len(x)]
 
 
 @partial(jax.jit, static_argnums=0)

@@ -97,21 +97,19 @@ class TemporalCNN(nn.Module):
 
 
 class Ensemble(nn.Module):
-    """Member networks trained side by side on the same batches, each on its own loss.
+    """Member networks whose class probabilities are averaged (each trained as its own run).
 
-    ``train=True`` returns every member's logits, stacked (members, batch, classes), for a loss
-    per member (the trainer averages them, so no member's gradient depends on another's).
-    ``train=False`` returns :func:`mean_log_probs` (batch, classes): its softmax is the members'
-    mean class probabilities, so evaluation and prediction read it as any model's logits.
+    Returns :func:`mean_log_probs` (batch, classes): its softmax is the members' mean class
+    probabilities, so evaluation and prediction read it as any model's logits.
     """
 
     members: Sequence[nn.Module]
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool,
+    def __call__(self, x: jax.Array, *, train: bool = False,
                  dropout_rate: float | jax.Array | None = None) -> jax.Array:
-        logits = jnp.stack([m(x, train=train, dropout_rate=dropout_rate) for m in self.members])
-        return logits if train else mean_log_probs(logits)
+        return mean_log_probs(jnp.stack([m(x, train=train, dropout_rate=dropout_rate)
+                                         for m in self.members]))
 
 
 def mean_log_probs(member_logits: jax.Array) -> jax.Array:
@@ -160,10 +158,18 @@ def ensemble_variants(model_config: ml_collections.ConfigDict) -> list[str]:
     return variants
 
 
+def member_config(model_config: ml_collections.ConfigDict,
+                  variant: str) -> ml_collections.ConfigDict:
+    """The model config of one ensemble member: a single network of ``variant``."""
+    member = ml_collections.ConfigDict(model_config.to_dict())
+    member.ensemble, member.center = "", VARIANTS[variant]
+    return member
+
+
 def create_model(model_config: ml_collections.ConfigDict, num_classes: int,
                  dtype: jnp.dtype = jnp.float32) -> nn.Module:
-    """Builds the model named by ``model_config.name``, or an ensemble of them when
-    ``model_config.ensemble`` lists member variants."""
+    """Builds the model named by ``model_config.name``, or the ensemble (inference only) that
+    ``model_config.ensemble`` lists."""
     shared = {"num_classes": num_classes, "filters": model_config.filters,
               "kernel_size": model_config.kernel_size, "pool_size": model_config.pool_size,
               "dropout": model_config.dropout, "dtype": dtype}

@@ -130,6 +130,10 @@ class Trainer:
         if config.train.batch_size % jax.device_count():
             raise ValueError(f"train.batch_size={config.train.batch_size} is not divisible by the "
                              f"{jax.device_count()} devices; pick a multiple of it")
+        if models.ensemble_variants(config.model):
+            raise ValueError(f"model.ensemble={config.model.ensemble!r}: ensemble members train "
+                             "one by one (train_and_evaluate); a Trainer (and a tuning trial) "
+                             "trains one network, so set model.ensemble=''")
         dtype = jnp.bfloat16 if config.train.compute_dtype == "bfloat16" else jnp.float32
         self.model = models.create_model(config.model, num_classes, dtype)
         batch_augment.check_config(config.train, models.model_inputs(config.model))
@@ -179,14 +183,10 @@ class Trainer:
             logits, updates = self.model.apply(
                 {"params": params, "batch_stats": state.batch_stats}, x, train=True,
                 dropout_rate=state.dropout_rate, rngs={"dropout": key}, mutable=["batch_stats"])
-            # An ensemble gives (members, batch, classes): each member's loss, averaged.
             if targets.ndim == 1:
-                labels = jnp.broadcast_to(targets, logits.shape[:-1])
-                loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+                loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
             else:
                 loss = optax.softmax_cross_entropy(logits, targets).mean()
-            if logits.ndim == 3:
-                logits = models.mean_log_probs(logits)
             return loss, (logits, updates["batch_stats"])
         return jax.value_and_grad(loss_fn, has_aux=True)(state.params)
 
@@ -347,6 +347,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     """
     workdir = Path(workdir)
     features_dir = Path(features_dir) if features_dir else workdir / "features"
+    if models.ensemble_variants(config.model):
+        return train_ensemble(config, workdir, features_dir)
     labels, splits = load_splits(features_dir, models.model_inputs(config.model))
     train = splits["train"]
     trainer = get_trainer(config, num_classes=len(labels), input_shape=train.x.shape[1:])
@@ -415,4 +417,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
         bundle.save(workdir / "bundle", config, params, batch_stats, features_dir)
         write_json_atomic(workdir / "train_result.json", result)
     logging.info("best epoch %d: val %s", result["best_epoch"], result["val"])
+    return result
+
+
+def train_ensemble(config: ml_collections.ConfigDict, workdir: Path, features_dir: Path) -> dict:
+    """Trains each member that ``model.ensemble`` lists as its own run in
+    ``workdir/members/K`` (seed ``config.seed + K``, its own schedule and early stopping; a
+    killed run resumes member by member), then writes the ensemble's bundle and scores it.
+
+    Returns the ensemble's validation (and test) metrics, each member's result, and the members'
+    best epochs and epochs run as lists.
+    """
+    members = []
+    for index, variant in enumerate(models.ensemble_variants(config.model)):
+        member = ml_collections.ConfigDict(config.to_dict())
+        member.model = models.member_config(config.model, variant)
+        member.seed = config.seed + index
+        result = train_and_evaluate(member, workdir / "members" / str(index), features_dir)
+        members.append({"variant": variant, "seed": member.seed, **result})
+    loaded = [bundle.load(workdir / "members" / str(k) / "bundle") for k in range(len(members))]
+    params, batch_stats = ({f"members_{k}": b.variables[name] for k, b in enumerate(loaded)}
+                           for name in ("params", "batch_stats"))
+    labels, splits = load_splits(features_dir, models.model_inputs(config.model))
+    model = models.create_model(config.model, len(labels))
+    variables = {"params": params, "batch_stats": batch_stats}
+    scores = {}
+    for name, split in splits.items():
+        if name != "train":
+            log_probs = np.log(np.maximum(bundle.predict_probabilities(model, variables, split.x),
+                                          np.finfo(np.float32).tiny))
+            scores[name] = {"accuracy": float(np.mean(log_probs.argmax(1) == split.y)),
+                            "loss": float(-log_probs[np.arange(len(split.y)), split.y].mean())}
+    result = {"best_epoch": [m["best_epoch"] for m in members],
+              "epochs_run": [m["epochs_run"] for m in members], **scores, "members": members}
+    if jax.process_index() == 0:
+        bundle.save(workdir / "bundle", config, params, batch_stats, features_dir)
+        write_json_atomic(workdir / "train_result.json", result)
+    logging.info("ensemble of %d members: val %s", len(members), result["val"])
     return result

@@ -1,13 +1,14 @@
-"""model.ensemble: member networks trained side by side, each on its own loss, averaged."""
+"""model.ensemble: member networks trained one by one, their probabilities averaged."""
+
+import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from configs import default, temporal
-from ser_jax import models, train
+from ser_jax import bundle, dataset, evaluate, models, train
+from tests.conftest import tiny_config
 
 FRAMES, BANDS = 20, 128
 
@@ -21,9 +22,7 @@ def ensemble_config(variants: str = "plain,centered"):
 
 def member(config, variant: str):
     """The member network on its own, as it would be built without the ensemble."""
-    single = config.model.copy_and_resolve_references()
-    single.ensemble, single.center = "", models.VARIANTS[variant]
-    return models.create_model(single, num_classes=7)
+    return models.create_model(models.member_config(config.model, variant), num_classes=7)
 
 
 def member_variables(variables, k: int):
@@ -47,40 +46,39 @@ def test_ensemble_predicts_the_members_mean_probabilities():
     ensemble = jax.nn.softmax(model.apply(variables, x, train=False))
     np.testing.assert_allclose(ensemble, (probabilities[0] + probabilities[1]) / 2, atol=1e-6)
 
-    logits, _ = model.apply(variables, x, train=True, dropout_rate=0.0,
-                            rngs={"dropout": jax.random.key(2)}, mutable=["batch_stats"])
-    assert logits.shape == (2, 5, 7)  # one row of logits per member for the per-member loss
+
+def test_members_train_as_separate_runs_and_the_bundle_averages_them(feature_dir, tmp_path):
+    config = tiny_config(epochs=2)
+    config.model.ensemble = "plain,plain"
+    result = train.train_and_evaluate(config, tmp_path, feature_dir)
+
+    assert [m["seed"] for m in result["members"]] == [0, 1]  # same variant, other seed
+    assert result["epochs_run"] == [2, 2] and len(result["best_epoch"]) == 2
+    members = [bundle.load(tmp_path / "members" / str(k) / "bundle") for k in (0, 1)]
+    for k in (0, 1):
+        member_dir = tmp_path / "members" / str(k)
+        assert (member_dir / "checkpoints").is_dir() and (member_dir / "metrics.jsonl").is_file()
+        assert json.loads((member_dir / "train_result.json").read_text())["epochs_run"] == 2
+    x, y = dataset.load_inputs(feature_dir, "test", members[0].labels)
+    ensemble = bundle.load(tmp_path / "bundle")
+    assert ensemble.config.model.ensemble == "plain,plain"
+    first, second = (m.probabilities(x) for m in members)
+    assert not np.allclose(first, second, atol=1e-3)
+    np.testing.assert_allclose(ensemble.probabilities(x), (first + second) / 2, atol=1e-6)
+    accuracy = float(np.mean(ensemble.probabilities(x).argmax(1) == y))
+    assert result["test"]["accuracy"] == pytest.approx(accuracy)
+    assert evaluate.evaluate(tmp_path, feature_dir)["accuracy"] == pytest.approx(accuracy)
+
+    lines = (tmp_path / "members" / "1" / "metrics.jsonl").read_text()
+    again = train.train_and_evaluate(config, tmp_path, feature_dir)  # finished: nothing retrains
+    assert (tmp_path / "members" / "1" / "metrics.jsonl").read_text() == lines
+    assert again["test"] == result["test"]
 
 
-@pytest.mark.parametrize("soft_targets", [False, True])
-def test_each_member_learns_from_its_own_loss_only(soft_targets):
+def test_a_trainer_trains_one_network():
     config = ensemble_config()
-    trainer = train.Trainer(config, num_classes=7, input_shape=(FRAMES, BANDS))
-    state = trainer.init_state(seed=0, learning_rate=1e-3, dropout_rate=0.0)
-    x = jax.random.normal(jax.random.key(3), (6, FRAMES, BANDS))
-    labels = jnp.arange(6) % 7
-    targets = jax.nn.one_hot(labels, 7) * 0.8 + 0.2 / 7 if soft_targets else labels
-    (loss, (logits, _)), grads = trainer._loss_and_grads(state, x, targets, jax.random.key(4))
-
-    losses = []
-    for k, variant in enumerate(("plain", "centered")):
-        network = member(config, variant)
-
-        def member_loss(params, k=k, network=network):
-            out, _ = network.apply(
-                {"params": params, "batch_stats": state.batch_stats[f"members_{k}"]}, x,
-                train=True, dropout_rate=0.0, rngs={"dropout": jax.random.key(4)},
-                mutable=["batch_stats"])
-            if soft_targets:
-                return optax.softmax_cross_entropy(out, targets).mean()
-            return optax.softmax_cross_entropy_with_integer_labels(out, labels).mean()
-
-        value, own = jax.value_and_grad(member_loss)(state.params[f"members_{k}"])
-        losses.append(float(value))
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b / 2, rtol=1e-4, atol=1e-7),
-                     grads[f"members_{k}"], own)
-    assert float(loss) == pytest.approx((losses[0] + losses[1]) / 2, rel=1e-5)
-    assert logits.shape == (6, 7)  # the ensemble's prediction, for the accuracy count
+    with pytest.raises(ValueError, match="members train one by one"):
+        train.Trainer(config, num_classes=7, input_shape=(FRAMES, BANDS))
 
 
 @pytest.mark.parametrize("model_name, variants, message", [
@@ -93,13 +91,3 @@ def test_bad_ensemble_settings_are_named(model_name, variants, message):
     config.model.name, config.model.ensemble = model_name, variants
     with pytest.raises(ValueError, match=message):
         models.create_model(config.model, num_classes=7)
-
-
-def test_seed_model_ensemble_of_plain_members():
-    config = default.get_config()
-    config.model.filters, config.model.ensemble = 4, "plain,plain,plain"
-    model = models.create_model(config.model, num_classes=7)
-    x = jax.random.normal(jax.random.key(0), (2, 270))
-    variables = model.init(jax.random.key(1), x, train=False)
-    assert sorted(variables["params"]) == ["members_0", "members_1", "members_2"]
-    assert model.apply(variables, x, train=False).shape == (2, 7)

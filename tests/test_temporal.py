@@ -34,7 +34,9 @@ def temporal_config():
 
 
 def test_temporal_model_shapes_and_size():
-    model = models.create_model(temporal.get_config().model, num_classes=7)
+    config = temporal.get_config().model
+    config.ensemble = ""  # one network (test_ensemble.py covers the members)
+    model = models.create_model(config, num_classes=7)
     x = jnp.zeros((3, FRAMES, BANDS))
     variables = model.init(jax.random.key(0), x, train=False)
     assert model.apply(variables, x, train=False).shape == (3, 7)
@@ -49,7 +51,7 @@ def test_temporal_model_shapes_and_size():
 
 def test_centered_model_ignores_a_constant_offset_per_band():
     config = temporal.get_config().model
-    config.center, config.filters = True, 8
+    config.center, config.filters, config.ensemble = True, 8, ""
     model = models.create_model(config, num_classes=7)
     x = jax.random.normal(jax.random.key(0), (2, FRAMES, BANDS))
     offset = jax.random.normal(jax.random.key(1), (2, 1, BANDS)) * 3.0
@@ -78,11 +80,13 @@ def test_cv_trains_evaluates_and_checkpoints_every_temporal_fold(run):
         assert 0.0 <= summary[metric]["mean"] <= 1.0
     for k in range(FOLDS):
         fold = _fold_dir(workdir, k)
-        for name in ("checkpoints", "bundle/variables.msgpack", "bundle/sequence_scaler.json",
+        for name in ("members/0/checkpoints", "members/1/checkpoints",
+                     "bundle/variables.msgpack", "bundle/sequence_scaler.json",
                      "evaluation/metrics.json", "features/sequence_scaler.json"):
             assert (fold / name).exists(), name
         result = json.loads((fold / "train_result.json").read_text())
-        assert result["epochs_run"] == 2
+        assert result["epochs_run"] == [2, 2]  # configs/temporal.py: an ensemble of two
+        assert [m["variant"] for m in result["members"]] == ["plain", "centered"]
 
 
 def test_sequences_match_parquet_rows_and_are_standardized_on_training_rows(run):
