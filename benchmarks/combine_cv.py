@@ -6,6 +6,7 @@ ensemble of those runs' models would predict. Prints balanced accuracy, accuracy
 per run and for the average, pooled over all clips and as mean ± std over the folds.
 
     .venv/bin/python benchmarks/combine_cv.py workdir/tcv2 workdir/tcv3
+    .venv/bin/python benchmarks/combine_cv.py --members workdir/tcvi0   # an ensemble's members
 """
 
 import argparse
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ser_jax import cv, evaluate
+from ser_jax import bundle, cv, dataset, evaluate, models
 
 
 def read_predictions(workdir: Path) -> pd.DataFrame:
@@ -22,6 +23,24 @@ def read_predictions(workdir: Path) -> pd.DataFrame:
     if not path.is_file():
         raise SystemExit(f"{path} is missing: run the cv stage into {workdir} first")
     return pd.read_csv(path).set_index("path").sort_index()
+
+
+def member_probabilities(workdir: Path, index: pd.Index) -> list[tuple[str, np.ndarray]]:
+    """Each ensemble member's out-of-fold probabilities (rows in ``index`` order), from every
+    fold's ``members/K/bundle`` on that fold's test split."""
+    found: dict[str, pd.DataFrame] = {}
+    for fold_dir in sorted((workdir / "cv").glob("fold_*")):
+        paths = pd.read_parquet(fold_dir / "features" / "test.parquet", columns=["path"])["path"]
+        for member_dir in sorted((fold_dir / "members").glob("*")):
+            member = bundle.load(member_dir / "bundle")
+            x, _ = dataset.load_inputs(fold_dir / "features", "test", member.labels,
+                                       models.model_inputs(member.config.model))
+            name = f"{workdir} member {member_dir.name}"
+            frame = pd.DataFrame(member.probabilities(x), index=paths)
+            found[name] = pd.concat([found[name], frame]) if name in found else frame
+    if not found:
+        raise SystemExit(f"{workdir}/cv/fold_*/members/ is missing: not an ensemble cv run")
+    return [(name, frame.loc[index].to_numpy()) for name, frame in found.items()]
 
 
 def scores(frame: pd.DataFrame, probabilities: np.ndarray, labels: list[str]) -> dict:
@@ -42,6 +61,8 @@ def scores(frame: pd.DataFrame, probabilities: np.ndarray, labels: list[str]) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("workdirs", nargs="+", type=Path, help="cv workdirs of the same folds")
+    parser.add_argument("--members", action="store_true",
+                        help="also score each ensemble member of every run on its own")
     args = parser.parse_args()
     frames = [read_predictions(w) for w in args.workdirs]
     labels = [c[2:] for c in frames[0].columns if c.startswith("p_")]
@@ -51,7 +72,10 @@ def main() -> None:
                              "combine runs of the same corpus and seed")
     columns = [f"p_{label}" for label in labels]
     rows = [(str(w), f[columns].to_numpy()) for w, f in zip(args.workdirs, frames, strict=True)]
-    rows.append(("average", np.mean([p for _, p in rows], axis=0)))
+    if len(rows) > 1:
+        rows.append(("average", np.mean([p for _, p in rows], axis=0)))
+    if args.members:
+        rows += [row for w in args.workdirs for row in member_probabilities(w, frames[0].index)]
     print(f"{'run':<28}" + "".join(f"{m + ' pooled | folds':>34}" for m in cv.METRICS))
     for name, probabilities in rows:
         result = scores(frames[0], probabilities, labels)
