@@ -325,12 +325,12 @@ class SplitArrays:
     y: np.ndarray
 
 
-def load_splits(features_dir: Path, inputs: str = "clip"
+def load_splits(features_dir: Path, inputs: str = "clip", with_train: bool = True
                 ) -> tuple[list[str], dict[str, SplitArrays]]:
-    """Reads and validates train/val(/test) before any training starts; ``inputs`` is the
-    model's input kind (models.model_inputs)."""
+    """Reads and validates train/val(/test) before any training starts (val/test only when not
+    ``with_train``); ``inputs`` is the model's input kind (models.model_inputs)."""
     labels = dataset.read_labels(features_dir)
-    names = ["train", "val"]
+    names = ["train", "val"] if with_train else ["val"]
     test_path = features_dir / "test.parquet"
     if test_path.exists() and pq.read_metadata(test_path).num_rows:
         names.append("test")
@@ -438,16 +438,14 @@ def train_ensemble(config: ml_collections.ConfigDict, workdir: Path, features_di
     loaded = [bundle.load(workdir / "members" / str(k) / "bundle") for k in range(len(members))]
     params, batch_stats = ({f"members_{k}": b.variables[name] for k, b in enumerate(loaded)}
                            for name in ("params", "batch_stats"))
-    labels, splits = load_splits(features_dir, models.model_inputs(config.model))
+    labels, splits = load_splits(features_dir, models.model_inputs(config.model),
+                                 with_train=False)  # the members have trained
     model = models.create_model(config.model, len(labels))
     variables = {"params": params, "batch_stats": batch_stats}
-    scores = {}
-    for name, split in splits.items():
-        if name != "train":
-            log_probs = np.log(np.maximum(bundle.predict_probabilities(model, variables, split.x),
-                                          np.finfo(np.float32).tiny))
-            scores[name] = {"accuracy": float(np.mean(log_probs.argmax(1) == split.y)),
-                            "loss": float(-log_probs[np.arange(len(split.y)), split.y].mean())}
+    tiny = np.finfo(np.float32).tiny  # log(0) would make the loss infinite
+    scores = {name: to_host(split_metrics(
+        np.log(np.maximum(bundle.predict_probabilities(model, variables, split.x), tiny)),
+        split.y)) for name, split in splits.items()}
     result = {"best_epoch": [m["best_epoch"] for m in members],
               "epochs_run": [m["epochs_run"] for m in members], **scores, "members": members}
     if jax.process_index() == 0:
