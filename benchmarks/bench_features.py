@@ -5,10 +5,10 @@ excluded from both timings) and produce the 4-row training recipe per clip: none
 pitch +3 semitones, pitch + noise, each row reduced to the 270 features. librosa does it the
 seed's way, one clip at a time (librosa.effects.pitch_shift + the five librosa.feature calls);
 JAX does it the way ser_jax.prepare does: per recipe row, in batches (augment.augment, then
-features.extract_features). Both compute the pitch shift once per pitched row (twice per clip),
+extractor.extract_features). Both compute the pitch shift once per pitched row (twice per clip),
 and both are warmed up first (JAX compiles every shape, numba compiles librosa's kernels).
 
-First a JAX-only sweep over batch sizes (on CPU, features.map_chunks runs anything above 8 clips
+First a JAX-only sweep over batch sizes (on CPU, extractor.map_chunks runs anything above 8 clips
 as chunks of 8), then JAX and librosa alternate every --compare-batch clips, so that both see
 the same load from other processes on a shared machine. librosa runs twice: with numpy's
 default BLAS threads (as the seed ran it) and with BLAS limited to one thread (threadpoolctl),
@@ -29,7 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ser_jax import audio, augment, features
+from ser_jax.data import audio
+from ser_jax.features import augment, extractor
 
 RECIPE = ("none", "noise", "pitch", "pitch_noise")
 SAMPLE_RATE = 22050
@@ -80,8 +81,8 @@ def jax_recipe(waves: np.ndarray, batch: int, sr: int, key: jax.Array) -> np.nda
             x = augment.augment(jnp.asarray(padded[b : b + batch]), kind,
                                 jax.random.fold_in(key, r * 100_000 + b), sample_rate=sr,
                                 noise_sigma=NOISE_SIGMA, pitch_semitones=SEMITONES)
-            rows.append(features.extract_features(x, sr))
-    out = np.asarray(jnp.concatenate(rows)).reshape(len(RECIPE), -1, len(features.FEATURE_NAMES))
+            rows.append(extractor.extract_features(x, sr))
+    out = np.asarray(jnp.concatenate(rows)).reshape(len(RECIPE), -1, len(extractor.FEATURE_NAMES))
     return out[:, :n].transpose(1, 0, 2)
 
 

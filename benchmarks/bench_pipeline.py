@@ -328,7 +328,7 @@ def seed_worker(args: argparse.Namespace) -> None:
 
     from benchmarks.bench_features import RECIPE, librosa_features, librosa_recipe
     from benchmarks.peers.keras_seed import keras, seed_model
-    from ser_jax import audio
+    from ser_jax.data import audio
     imports_done = time.time()
     parts["imports_s"] = time.perf_counter() - tick
 

@@ -6,7 +6,7 @@ Both modes train the seed model on the same seeded random rows as benchmarks/ben
 (N x 270 float32, 7 classes, resident on the device) with the same K trials, which differ in seed,
 learning rate and dropout rate: (a) ``vmap``, all trials together through ``ser_jax.trials``
 (TrialsTrainer, as ``train_trials`` drives it); (b) ``sequential``, each trial alone through the
-plain ``train.Trainer`` (as ``train_and_evaluate`` drives it). Each trial trains one warm-up
+plain ``trainer_lib.Trainer`` (as ``train_and_evaluate`` drives it). Each trial trains one warm-up
 epoch, then --epochs timed epochs; an epoch is timed from its shuffle to
 ``jax.block_until_ready`` on the new state and totals. ``samples_per_second`` counts
 trial-samples: K x rows per epoch, over the timed epochs' wall seconds. ``first_epoch_s`` is the
@@ -39,7 +39,8 @@ import numpy as np  # noqa: E402
 
 from benchmarks.peers import common  # noqa: E402
 from configs import default  # noqa: E402
-from ser_jax import train, trials  # noqa: E402
+from ser_jax.training import trainer as trainer_lib  # noqa: E402
+from ser_jax.training import trials  # noqa: E402
 
 LEARNING_RATES = (1e-3, 3e-4, 3e-3, 1e-4)
 DROPOUTS = (0.2, 0.3, 0.1, 0.0)
@@ -103,7 +104,7 @@ def last_loss(totals) -> float:
     return float(loss_sum / count)
 
 
-def run_vmap(trainer: train.Trainer, ts: list[trials.Trial], x_all, y_all, rows: int,
+def run_vmap(trainer: trainer_lib.Trainer, ts: list[trials.Trial], x_all, y_all, rows: int,
              epochs: int) -> dict:
     """All trials as one vmapped program, as train_trials runs them; epoch 0 is the warm-up."""
     start, compiles = time.perf_counter(), COMPILES.snapshot()
@@ -116,7 +117,7 @@ def run_vmap(trainer: train.Trainer, ts: list[trials.Trial], x_all, y_all, rows:
 
     def epoch_fn(states, epoch: int):
         epoch_keys, batches = jax.vmap(functools.partial(
-            train.epoch_inputs, trainer, epoch=epoch, num_rows=rows))(seed_keys)
+            trainer_lib.epoch_inputs, trainer, epoch=epoch, num_rows=rows))(seed_keys)
         return many.train_epoch(states, x_all, y_all, batches, epoch_keys)
 
     timer = EpochTimer()
@@ -126,14 +127,14 @@ def run_vmap(trainer: train.Trainer, ts: list[trials.Trial], x_all, y_all, rows:
     return _result(timer, [0], start, compiles, losses)
 
 
-def run_sequential(trainer: train.Trainer, ts: list[trials.Trial], x_all, y_all, rows: int,
+def run_sequential(trainer: trainer_lib.Trainer, ts: list[trials.Trial], x_all, y_all, rows: int,
                    epochs: int) -> dict:
     """Each trial alone with the plain Trainer, as train_and_evaluate runs it; every trial's
     epoch 0 is a warm-up (the first one compiles)."""
     start, compiles = time.perf_counter(), COMPILES.snapshot()
 
     def epoch_fn(state, seed_key, epoch: int):
-        epoch_key, batches = train.epoch_inputs(trainer, seed_key, epoch, rows)
+        epoch_key, batches = trainer_lib.epoch_inputs(trainer, seed_key, epoch, rows)
         return trainer.train_epoch(state, x_all, y_all, batches, epoch_key)
 
     timer, warmups, losses = EpochTimer(), [], []
@@ -221,7 +222,7 @@ def main() -> None:
     if args.steps_per_call is not None:
         config.train.steps_per_call = args.steps_per_call
     x, y, _, _ = common.make_data("throughput", args.rows, args.batch_size, args.seed)
-    trainer = train.get_trainer(config, num_classes=common.NUM_CLASSES,
+    trainer = trainer_lib.get_trainer(config, num_classes=common.NUM_CLASSES,
                                 input_shape=(common.INPUT_LENGTH,))
     x_all, y_all = trainer.put_replicated(x), trainer.put_replicated(y)
     ts = make_trials(args.trials)

@@ -15,7 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ser_jax import bundle, cv, dataset, evaluate, models
+from ser_jax.data import store
+from ser_jax.evaluation import cv, evaluate
+from ser_jax.inference import bundle
+from ser_jax.models import registry
 
 
 def read_predictions(workdir: Path) -> pd.DataFrame:
@@ -33,8 +36,8 @@ def member_probabilities(workdir: Path, index: pd.Index) -> list[tuple[str, np.n
         paths = pd.read_parquet(fold_dir / "features" / "test.parquet", columns=["path"])["path"]
         for member_dir in sorted((fold_dir / "members").glob("*")):
             member = bundle.load(member_dir / "bundle")
-            x, _ = dataset.load_inputs(fold_dir / "features", "test", member.labels,
-                                       models.model_inputs(member.config.model))
+            x, _ = store.load_inputs(fold_dir / "features", "test", member.labels,
+                                       registry.model_inputs(member.config.model))
             name = f"{workdir} member {member_dir.name}"
             frame = pd.DataFrame(member.probabilities(x), index=paths)
             found[name] = pd.concat([found[name], frame]) if name in found else frame
@@ -49,8 +52,8 @@ def scores(frame: pd.DataFrame, probabilities: np.ndarray, labels: list[str]) ->
     predicted = probabilities.argmax(1)
 
     def metrics(mask: np.ndarray) -> dict:
-        matrix = evaluate.confusion_matrix(y[mask], predicted[mask], len(labels))
-        return evaluate.classification_metrics(matrix, labels)
+        matrix = metrics.confusion_matrix(y[mask], predicted[mask], len(labels))
+        return metrics.classification_metrics(matrix, labels)
 
     folds = [metrics(frame["fold"].to_numpy() == k) for k in sorted(frame["fold"].unique())]
     pooled = metrics(np.ones(len(y), bool))

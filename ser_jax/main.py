@@ -13,8 +13,10 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ser_jax import cv, evaluate, prepare, train
-from ser_jax.files import write_json_atomic
+from ser_jax.core.files import write_json_atomic
+from ser_jax.evaluation import cv, evaluate
+from ser_jax.features import pipeline
+from ser_jax.training import loop
 
 FLAGS = flags.FLAGS
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
@@ -50,9 +52,9 @@ def main(argv: list[str]) -> None:
     logging.info("JAX %s on %d %s device(s); workdir %s", jax.__version__, jax.device_count(),
                  jax.default_backend(), workdir)
     if FLAGS.stage in ("features", "all"):
-        prepare.prepare_features(config, workdir / "features")
+        pipeline.prepare_features(config, workdir / "features")
     if FLAGS.stage in ("train", "all"):
-        train.train_and_evaluate(config, workdir)
+        loop.train_and_evaluate(config, workdir)
     if FLAGS.stage in ("evaluate", "all"):
         evaluate.evaluate(workdir)
     if FLAGS.stage == "cv":

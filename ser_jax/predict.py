@@ -9,7 +9,7 @@ import sys
 
 from absl import app, flags
 
-from ser_jax import bundle
+from ser_jax.inference.predict import predict_files
 
 flags.DEFINE_string("bundle", None, "Inference bundle folder (WORKDIR/bundle).")
 flags.mark_flag_as_required("bundle")
@@ -19,7 +19,7 @@ def main(argv: list[str]) -> None:
     paths = argv[1:]
     if not paths:
         raise app.UsageError("give one or more audio files after the flags")
-    results = bundle.load(flags.FLAGS.bundle).predict_files(paths)
+    results = predict_files(flags.FLAGS.bundle, paths)
     for result in results:
         print(json.dumps(result))
     if any("error" in result for result in results):

@@ -9,9 +9,11 @@ import pandas as pd
 import pytest
 
 from configs import default
-from ser_jax import audio, cv, dataset, synthetic
-from ser_jax.corpora import EMOTIONS
-from ser_jax.features import FEATURE_NAMES
+from ser_jax.data import audio, store, synthetic
+from ser_jax.data.corpora import EMOTIONS
+from ser_jax.data.schema import FEATURE_NAMES
+from ser_jax.evaluation import cv
+from ser_jax.features import scaler
 
 REPO = Path(__file__).resolve().parents[1]
 RAVDESS = REPO.parent / "shared" / "data" / "ravdess"
@@ -31,9 +33,9 @@ def write_feature_dir(directory: Path, rows: dict[str, int], seed: int = 0) -> P
         frame["corpus"] = "synthetic"
         frame["path"] = [f"clip_{split}_{i}.wav" for i in range(count)]
         frame["augmentation"] = "none"
-        dataset.write_parquet_atomic(frame, directory / f"{split}.parquet")
+        store.write_parquet_atomic(frame, directory / f"{split}.parquet")
     (directory / "labels.json").write_text(json.dumps({"labels": list(EMOTIONS)}))
-    dataset.Scaler(columns=list(FEATURE_NAMES), mean=np.zeros(len(FEATURE_NAMES)),
+    scaler.Scaler(columns=list(FEATURE_NAMES), mean=np.zeros(len(FEATURE_NAMES)),
                    scale=np.ones(len(FEATURE_NAMES))).save(directory / "scaler.json")
     return directory
 

@@ -7,7 +7,7 @@ import sys
 import pandas as pd
 import pytest
 
-from ser_jax.corpora import EMOTIONS
+from ser_jax.data.corpora import EMOTIONS
 from tests.conftest import RAVDESS, REPO
 
 pytestmark = pytest.mark.skipif(not RAVDESS.is_dir(), reason=f"{RAVDESS} is absent")

@@ -1,0 +1,186 @@
+"""Trainer tests: model size, plateau and early-stopping logic, training, checkpoints, bad input."""
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+from configs import default
+from ser_jax.data import errors
+from ser_jax.inference import bundle
+from ser_jax.models import registry
+from ser_jax.training import checkpoints
+from ser_jax.training import loop as training_loop
+from ser_jax.training import state as train_state
+from tests.conftest import tiny_config, write_feature_dir
+
+
+def test_seed_model_has_the_keras_parameter_count():
+    model = registry.create_model(default.get_config().model, num_classes=7)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 270, 1)),
+                                                  train=False))
+    assert registry.count_parameters(variables["params"]) == 478_151
+    assert registry.count_parameters(variables["batch_stats"]) == 896
+
+
+def test_model_output_shape_follows_config():
+    config = default.get_config().model
+    config.filters, config.kernel_size, config.pool_size = 16, 5, 3
+    model = registry.create_model(config, num_classes=5)
+    variables = model.init(jax.random.key(0), jnp.zeros((2, 270, 1)), train=False)
+    assert model.apply(variables, jnp.ones((2, 270, 1)), train=False).shape == (2, 5)
+
+
+def _learning_rates(val_losses: list[float]) -> list[float]:
+    """The learning rate in force after each epoch's plateau step."""
+    config = default.get_config().train
+    optimizer = train_state.make_optimizer(config)
+    params = {"w": jnp.zeros(3)}
+    state = train_state.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats={},
+                             opt_state=optimizer.init(params), dropout_rate=jnp.float32(0.2))
+    rates = []
+    for value in val_losses:
+        state = train_state.plateau_step(optimizer, state, jnp.float32(value))
+        rates.append(float(train_state.learning_rate(state)))
+    return rates
+
+
+def test_plateau_schedule_matches_hand_worked_keras_sequence():
+    # factor 0.4, patience 2, min_delta 1e-4 (absolute): two epochs without a decrease of more
+    # than 1e-4 below the best cut the rate; 0.89995 is not an improvement on 0.9.
+    losses = [1.0, 0.9, 0.95, 0.9, 0.89995, 0.8, 0.85, 0.86, 0.87, 0.88]
+    expected = [1e-3, 1e-3, 1e-3, 4e-4, 4e-4, 4e-4, 4e-4, 1.6e-4, 1.6e-4, 6.4e-5]
+    np.testing.assert_allclose(_learning_rates(losses), expected, rtol=1e-5)
+
+
+def test_plateau_schedule_stops_at_min_learning_rate():
+    rates = _learning_rates([1.0] + [2.0] * 30)
+    assert rates[-1] == pytest.approx(1e-6, rel=1e-5)
+    assert min(rates) == pytest.approx(1e-6, rel=1e-5)
+
+
+def test_early_stopping_matches_hand_worked_keras_sequence():
+    # min_delta 0.001, patience 4: 0.8995 is not better than 0.9 by more than 0.001.
+    stopper = train_state.EarlyStopping(min_delta=0.001, patience=4)
+    losses = [1.0, 0.9, 0.8995, 0.85, 0.86, 0.851, 0.8495, 0.87, 0.9]
+    improved, stopped_at = [], None
+    for epoch, value in enumerate(losses):
+        improved.append(stopper.update(epoch, value))
+        if stopper.should_stop(epoch):
+            stopped_at = epoch
+            break
+    assert improved == [True, True, False, True, False, False, False, False]
+    assert stopped_at == 7
+    assert stopper.best_epoch == 3 and stopper.best == 0.85
+
+
+def test_early_stopping_round_trips_through_json():
+    stopper = train_state.EarlyStopping(min_delta=0.001, patience=4)
+    assert train_state.EarlyStopping.from_json(json.loads(json.dumps(stopper.to_json()))) == stopper
+    stopper.update(0, 0.5)
+    assert train_state.EarlyStopping.from_json(stopper.to_json()) == stopper
+
+
+@pytest.fixture(scope="module")
+def trained(feature_dir, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    config = tiny_config(epochs=6)
+    return config, workdir, training_loop.train_and_evaluate(config, workdir, feature_dir)
+
+
+def test_training_learns_and_leaves_artifacts(trained):
+    config, workdir, result = trained
+    history = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert len(history) == result["epochs_run"] >= 2
+    assert history[-1]["accuracy"] > 0.8  # 7 separable clusters; chance is 1/7
+    assert history[-1]["val_loss"] < history[0]["val_loss"]
+    assert set(history[0]) >= {"epoch", "loss", "accuracy", "val_loss", "val_accuracy",
+                               "learning_rate", "seconds", "samples_per_second"}
+    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    assert (workdir / "bundle" / "variables.msgpack").exists()
+    best = min(history, key=lambda r: r["val_loss"])
+    assert result["val"]["loss"] == pytest.approx(best["val_loss"], rel=1e-4)
+
+
+def test_checkpoints_keep_latest_and_best(trained):
+    config, workdir, result = trained
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps[-1] == result["epochs_run"]
+    assert result["best_epoch"] in steps
+    assert len(steps) <= 2
+    assert not [p for p in (workdir / "checkpoints").iterdir() if "tmp" in p.name]
+
+
+def test_rerun_of_finished_run_resumes_without_training(trained, feature_dir):
+    config, workdir, result = trained
+    again = training_loop.train_and_evaluate(config, workdir, feature_dir)
+    assert again == result
+
+
+def test_same_seed_gives_same_metrics(trained, feature_dir, tmp_path):
+    config, _, result = trained
+    assert training_loop.train_and_evaluate(config, tmp_path, feature_dir) == result
+
+
+def test_checkpoint_that_does_not_fit_the_config_is_refused(trained, feature_dir):
+    config, workdir, _ = trained
+    wider = tiny_config(epochs=8)
+    wider.model.filters = 16
+    with pytest.raises(checkpoints.CheckpointMismatchError, match="filters"):
+        training_loop.train_and_evaluate(wider, workdir, feature_dir)
+
+
+def _with_nan(frame: pd.DataFrame) -> pd.DataFrame:
+    frame.loc[2, "mel_010"] = np.nan
+    return frame
+
+
+@pytest.mark.parametrize("split, change, message", [
+    ("train", lambda f: f.drop(columns=["mfcc_003"]), "mfcc_003"),
+    ("val", _with_nan, "mel_010"),
+    ("train", lambda f: f.assign(rms=np.inf), "rms"),
+    ("train", lambda f: f.assign(label="boredom"), "boredom"),
+    ("val", lambda f: f.iloc[:0], "empty"),
+])
+def test_bad_features_fail_before_training(tmp_path, split, change, message):
+    features = write_feature_dir(tmp_path / "features", {"train": 32, "val": 14})
+    path = features / f"{split}.parquet"
+    change(pd.read_parquet(path)).to_parquet(path, index=False)
+    with pytest.raises(errors.DatasetError, match=message) as error:
+        training_loop.train_and_evaluate(tiny_config(), tmp_path / "run", features)
+    assert f"{split}.parquet" in str(error.value)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_too_few_rows_for_a_batch_is_a_clear_error(tmp_path):
+    features = write_feature_dir(tmp_path / "features", {"train": 8, "val": 7})
+    with pytest.raises(ValueError, match="batch_size"):
+        training_loop.train_and_evaluate(tiny_config(), tmp_path / "run", features)
+
+
+def test_loops_agree(feature_dir, tmp_path):
+    """Unrolled chunks of steps (CPU) and one scan per epoch (GPU/TPU) compute the same epoch."""
+    results = {}
+    for loop, chunk in (("auto", 1), ("step", 2), ("scan", 1)):
+        config = tiny_config(epochs=1, loop=loop, steps_per_call=chunk)
+        results[(loop, chunk)] = training_loop.train_and_evaluate(
+            config, tmp_path / f"{loop}{chunk}", feature_dir)["val"]
+    reference = results[("auto", 1)]
+    for value in results.values():
+        assert math.isfinite(value["loss"])
+        assert value["loss"] == pytest.approx(reference["loss"], rel=1e-4)
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_accuracy(trained, feature_dir, tmp_path):
+    config, _, result = trained
+    bf16 = tiny_config(epochs=config.train.epochs, compute_dtype="bfloat16")
+    result_bf16 = training_loop.train_and_evaluate(bf16, tmp_path, feature_dir)
+    variables = bundle.load(tmp_path / "bundle").variables
+    assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {np.dtype("float32")}
+    history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert history[-1]["accuracy"] > 0.8
+    assert result_bf16["val"]["accuracy"] == pytest.approx(result["val"]["accuracy"], abs=0.1)
