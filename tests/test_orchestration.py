@@ -115,6 +115,8 @@ def test_tpu_slice_job_environment():
     service = job.service_manifest()
     assert service["spec"]["clusterIP"] == "None"
     assert service["spec"]["selector"] == {"job-name": "job-sj-train-r1"}
+    retry = pods.slice_job(p, ENV, "train", "r1", ["x"], attempt=2)
+    assert retry.coordinator == "job-sj-train-r1-a2-0.sj-train-r1-a2:8476"
 
 
 def _metrics(score: float, split: str = "test") -> dict:

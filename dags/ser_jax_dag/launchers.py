@@ -200,7 +200,7 @@ def execute_stage(params: RunParams, env: Environment, run: str, stage: str,
         return
     task_id = context["ti"].task_id
     if stage == "train" and params.multi_host:
-        job = slice_job(params, env, stage, run, command)
+        job = slice_job(params, env, stage, run, command, attempt=context["ti"].try_number)
         operator = slice_operator(params.launcher, job, env, task_id)
         ensure_headless_service(operator, job)
         operator.execute(context)

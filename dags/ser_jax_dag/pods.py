@@ -126,17 +126,19 @@ def pod_spec(params: RunParams, env: Environment, stage: str, run: str, command:
 
 
 def slice_job(params: RunParams, env: Environment, stage: str, run: str,
-              command: list[str]) -> SliceJob:
+              command: list[str], attempt: int | None = None) -> SliceJob:
     """The indexed Job for a multi-host TPU slice; each pod learns its place from its index.
 
     ``jax.distributed`` reads JAX_COORDINATOR_ADDRESS (pod 0 through the headless service),
     JAX_NUM_PROCESSES and JAX_PROCESS_ID (the completion index); libtpu reads TPU_WORKER_ID and
-    TPU_WORKER_HOSTNAMES.
+    TPU_WORKER_HOSTNAMES. ``attempt`` (the task's try number) names each attempt's Job and
+    service apart, so a retry never collides with a failed attempt's Job still being cleaned up.
     """
     if not params.multi_host:
         raise ValueError("slice_job is for hardware=tpu with tpu_hosts > 1")
     pod = pod_spec(params, env, stage, run, command)
-    job = SliceJob(job_name=f"{JOB_NAME_PREFIX}{pod.name}", service_name=pod.name,
+    name = pod.name if attempt is None else f"{pod.name}-a{attempt}"
+    job = SliceJob(job_name=f"{JOB_NAME_PREFIX}{name}", service_name=name,
                    hosts=params.tpu_hosts, pod=pod)
     hostnames = ",".join(f"{job.job_name}-{i}.{job.service_name}" for i in range(job.hosts))
     env_vars = {**pod.env, "JAX_COORDINATOR_ADDRESS": job.coordinator,
