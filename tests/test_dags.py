@@ -24,6 +24,7 @@ pytest.importorskip("airflow.sdk")
 pytest.importorskip("airflow.providers.cncf.kubernetes")
 pytest.importorskip("airflow.providers.google")
 
+from airflow.sdk import TriggerRule  # noqa: E402
 from kubernetes.client import models as k8s  # noqa: E402
 
 from ser_jax_dag import launchers, pods  # noqa: E402
@@ -58,7 +59,7 @@ def test_dag_folder_imports_and_pipeline_shape(dagbag):
     mapped = {t.task_id for t in dag.tasks if getattr(t, "is_mapped", False)}
     assert mapped == {"features", "tune"}
     assert dag.schedule is None and dag.catchup is False
-    assert str(dag.task_dict["train"].trigger_rule) == "none_failed"  # runs when tune skips
+    assert dag.task_dict["train"].trigger_rule == TriggerRule.NONE_FAILED  # runs if tune skips
     for task_id in ("features", "merge_features", "tune", "train", "evaluate"):
         task = dag.task_dict[task_id]
         kwargs = getattr(task, "partial_kwargs", None) or vars(task)
@@ -209,20 +210,28 @@ os.execv({python!r}, [{python!r}, *sys.argv[1:]])
 @pytest.fixture(scope="module")
 def pipeline_root(dagbag, tmp_path_factory):
     """A root with one published run (run A), made by a full local run of the pipeline DAG."""
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    saved = os.environ.get("PYTHONPATH")
+    # The local launcher's subprocesses must import this checkout's ser_jax.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), saved]))
     root = tmp_path_factory.mktemp("root")
     tick = time.perf_counter()
     run = dagbag.dags["ser_jax_pipeline"].test(run_conf=_conf(root, tmp_path_factory, 0.0))
     print(f"\npipeline run A: {time.perf_counter() - tick:.1f} s")
-    return root, run
+    yield root, run
+    if saved is None:
+        os.environ.pop("PYTHONPATH")
+    else:
+        os.environ["PYTHONPATH"] = saved
 
 
 def _conf(root: Path, factory, threshold: float, **extra) -> dict:
     cache = factory.getbasetemp() / "xla-cache"
     return {"launcher": "local", "root": str(root), "config": "configs/quick.py",
             "local_repo": str(REPO), "threshold": threshold,
-            "config_overrides": ["--config.model.filters=8", "--config.train.epochs=2",
-                                 f"--config.compilation_cache_dir={cache}"], **extra}
+            "config_overrides": [  # the quick config with a narrower model and 2 epochs
+                "--config.model.filters=8", "--config.train.epochs=2",
+                f"--config.compilation_cache_dir={cache}"],
+            **extra}
 
 
 def _run_name(dag_run) -> str:

@@ -75,8 +75,6 @@ class RunParams:
                         isinstance(v, str) for v in value):
                     raise ParamError(f"param {name}={value!r}: give a list of strings")
                 value = tuple(value)
-            elif isinstance(default, bool):
-                raise AssertionError("no bool params")
             elif isinstance(default, int):
                 if isinstance(value, bool) or not isinstance(value, int):
                     raise ParamError(f"param {name}={value!r}: give an integer")
