@@ -18,7 +18,7 @@ if _HERE not in sys.path:  # not every Airflow process puts the DAG folder on sy
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk import DAG, Param, get_current_context, task
+from airflow.sdk import DAG, Param, Variable, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
 
 from ser_jax_dag import launchers, monitor
@@ -33,17 +33,20 @@ with DAG(
     start_date=datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
     catchup=False,
     max_active_runs=1,
-    render_template_as_native_obj=True,  # pipeline_conf reaches the trigger as a dict
+    render_template_as_native_obj=True,  # the pipeline's conf reaches the trigger as a dict
     params={
         "launcher": Param("gke", enum=["gke", "kubernetes", "local"]),
-        "root": Param("", type="string", description="Folder or gs:// bucket with models/"),
+        "root": Param("", type="string", description="Folder or gs:// bucket with models/; "
+                                                     "'' = Variable ser_jax_root"),
         "audio": Param([], type="array", items={"type": "string"},
-                       description="New audio files or folders to check"),
+                       description="New audio files or folders to check; [] = Variable "
+                                   "ser_jax_monitor_audio (comma-separated)"),
         "image": Param("", type="string", description="'' = Variable ser_jax_image_cpu"),
         "local_python": Param("", type="string"),
         "local_repo": Param("", type="string"),
         "pipeline_conf": Param({}, type="object",
-                               description="Params for the ser_jax_pipeline run drift triggers"),
+                               description="Params for the ser_jax_pipeline run drift triggers "
+                                           "(root defaults to this run's root)"),
     },
     tags=["ser-jax", "monitoring"],
     doc_md=__doc__,
@@ -55,8 +58,12 @@ with DAG(
         """True (go on and retrain) when the monitor exits 3; False (skip) when it exits 0."""
         context = get_current_context()
         values = dict(context["params"])
-        audio = list(values.pop("audio"))
-        values.pop("pipeline_conf")
+        # Scheduled runs take their defaults from Variables: no code edit per deployment.
+        values["root"] = values["root"] or Variable.get("ser_jax_root", default="")
+        audio = list(values.pop("audio")) or [
+            p for p in Variable.get("ser_jax_monitor_audio", default="").split(",") if p]
+        pipeline_conf = {"root": values["root"], **values.pop("pipeline_conf")}
+        context["ti"].xcom_push(key="pipeline_conf", value=pipeline_conf)
         params = RunParams.from_dict({**values, "hardware": "cpu"})
         current = publish_lib.current(params.root)
         if current is None:
@@ -83,6 +90,7 @@ with DAG(
 
     retrain = TriggerDagRunOperator(
         task_id="trigger_pipeline", trigger_dag_id="ser_jax_pipeline",
-        conf="{{ params.pipeline_conf }}", wait_for_completion=False)
+        conf="{{ ti.xcom_pull(task_ids='check_drift', key='pipeline_conf') }}",
+        wait_for_completion=False)
 
     check_drift() >> retrain

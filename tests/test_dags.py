@@ -70,7 +70,7 @@ def test_dag_folder_imports_and_pipeline_shape(dagbag):
                                       __import__("dataclasses").fields(RunParams)}
 
     monitor = dagbag.dags["ser_jax_monitor"]
-    assert monitor.catchup is False and monitor.timetable.summary == "0 6 * * *"
+    assert monitor.catchup is False and monitor.schedule == "0 6 * * *"
     assert {t.task_id: set(t.upstream_task_ids) for t in monitor.tasks} == {
         "check_drift": set(), "trigger_pipeline": {"check_drift"}}
     assert monitor.task_dict["trigger_pipeline"].trigger_dag_id == "ser_jax_pipeline"
@@ -308,7 +308,7 @@ def test_monitor_triggers_the_pipeline_only_on_drift(dagbag, pipeline_root, tmp_
     monkeypatch.setenv("STANDIN_EXIT", str(exit_code))
     before = len(DagRun.find(dag_id="ser_jax_pipeline"))
     conf = {"launcher": "local", "root": str(root), "audio": [str(tmp_path / "new")],
-            "local_python": str(standin), "pipeline_conf": {"root": str(root), "shards": 2}}
+            "local_python": str(standin), "pipeline_conf": {"shards": 2}}
     run = dagbag.dags["ser_jax_monitor"].test(run_conf=conf)
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert states["check_drift"] == "success"
