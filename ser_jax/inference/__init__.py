@@ -1,0 +1,1 @@
+"""Inference on real recordings: window placement, sliding windows over whole files, CLI rows."""
