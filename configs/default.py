@@ -21,6 +21,9 @@ def get_config() -> ml_collections.ConfigDict:
     data.sample_rate = 22050
     data.offset = 0.6
     data.duration = 2.5
+    # Where each clip's window starts: 'offset' (data.offset seconds in) or 'speech' (the first
+    # speech sample, energy trim as librosa.effects.trim(top_db=60)); predict uses the bundle's.
+    data.placement = 'offset'
     data.batch_size = 64  # clips per feature-extraction batch
     # Also store each row's log-mel frame sequence (frames x 128 bands; the temporal model's
     # input) in {split}.sequences.npy, standardized per band.

@@ -11,6 +11,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from ser_jax.data.placement import check_placement, window_start
+
 
 class AudioError(Exception):
     """A clip that cannot be used; the message names the file and the reason."""
@@ -27,10 +29,17 @@ def default_workers() -> int:
 
 
 def load_clip(
-    path: str | Path, *, sample_rate: int = 22050, offset: float = 0.6, duration: float = 2.5
+    path: str | Path, *, sample_rate: int = 22050, offset: float = 0.6, duration: float = 2.5,
+    placement: str = "offset",
 ) -> np.ndarray:
     """Returns float32 mono samples of [offset, offset+duration] at `sample_rate`, zero-padded
-    to exactly round(sample_rate * duration); raises AudioError for an unusable file."""
+    to exactly round(sample_rate * duration); raises AudioError for an unusable file. With
+    placement='speech' the window starts at the first speech sample instead (see
+    ser_jax.data.placement)."""
+    if placement != "offset":
+        wave = load_recording(path, sample_rate)
+        start = window_start(wave, sample_rate, placement, offset, duration)
+        return _fit(wave[start:], round(sample_rate * duration))
     path = Path(path)
     try:
         if path.stat().st_size == 0:
@@ -55,10 +64,34 @@ def load_clip(
     wave = data.mean(axis=1, dtype=np.float32)
     if native_rate != sample_rate:
         wave = soxr.resample(wave, native_rate, sample_rate, quality="HQ")
-    n = round(sample_rate * duration)
+    return _fit(wave, round(sample_rate * duration))
+
+
+def _fit(wave: np.ndarray, n: int) -> np.ndarray:
+    """wave's first n samples, zero-padded to n."""
     out = np.zeros(n, np.float32)
     out[: min(n, wave.size)] = wave[:n]
     return out
+
+
+def load_recording(path: str | Path, sample_rate: int) -> np.ndarray:
+    """The whole file as float32 mono samples at `sample_rate` (decoded, channels averaged and
+    resampled as load_clip does); raises AudioError for an unusable file."""
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise AudioError(path, "empty file (0 bytes)")
+        data, native_rate = sf.read(path, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
+        raise AudioError(path, f"cannot read or decode: {e}") from e
+    if len(data) == 0:
+        raise AudioError(path, "no audio frames")
+    if not np.isfinite(data).all():
+        raise AudioError(path, f"{int((~np.isfinite(data)).sum())} samples are NaN or inf")
+    wave = data.mean(axis=1, dtype=np.float32)
+    if native_rate != sample_rate:
+        wave = soxr.resample(wave, native_rate, sample_rate, quality="HQ")
+    return wave
 
 
 def load_clips(
@@ -67,13 +100,15 @@ def load_clips(
     sample_rate: int,
     offset: float,
     duration: float,
+    placement: str = "offset",
     workers: int | None = None,
 ) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
     """Loads clips in input order with a thread pool. Returns (waves (N_ok, T) float32,
     indices of the paths that loaded, rejects [(path, reason)]); never raises for a bad file."""
 
     waves = np.zeros((len(paths), round(sample_rate * duration)), np.float32)
-    window = {"sample_rate": sample_rate, "offset": offset, "duration": duration}
+    window = {"sample_rate": sample_rate, "offset": offset, "duration": duration,
+              "placement": check_placement(placement)}
 
     def load(i: int) -> str | None:
         try:

@@ -219,7 +219,7 @@ def _load_audio(scan: corpora.CorpusScan, data: ml_collections.ConfigDict
     """(waves (N, T), the N clips that loaded, rejects); raises when none loaded."""
     waves, loaded, rejects = audio.load_clips(
         [c.path for c in scan.clips], sample_rate=data.sample_rate, offset=data.offset,
-        duration=data.duration,
+        duration=data.duration, placement=data.get("placement", "offset"),
     )
     clips = [scan.clips[i] for i in loaded]
     if not clips:

@@ -54,7 +54,7 @@ class Bundle:
         data = self.config.data
         waves, loaded, rejects = audio.load_clips(
             [str(p) for p in paths], sample_rate=data.sample_rate, offset=data.offset,
-            duration=data.duration)
+            duration=data.duration, placement=data.get("placement", "offset"))
         results = [{"path": path, "error": reason} for path, reason in rejects]
         if loaded:
             for index, row in zip(loaded, self.probabilities(self.inputs(waves)), strict=True):
