@@ -25,6 +25,7 @@ from jax.sharding import PartitionSpec as P
 from ser_jax import batch_augment, bundle, checkpoints, dataset, models
 from ser_jax.files import write_json_atomic
 from ser_jax.metrics_log import MetricsLog
+from ser_jax.monitoring import reference as monitor_reference
 
 
 @flax.struct.dataclass
@@ -415,6 +416,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
               **{name: to_host(evaluate(params, batch_stats, name)) for name in eval_data}}
     if chief:
         bundle.save(workdir / "bundle", config, params, batch_stats, features_dir)
+        monitor_reference.write_reference(workdir / "bundle", features_dir)
         write_json_atomic(workdir / "train_result.json", result)
     logging.info("best epoch %d: val %s", result["best_epoch"], result["val"])
     return result
@@ -450,6 +452,7 @@ def train_ensemble(config: ml_collections.ConfigDict, workdir: Path, features_di
               "epochs_run": [m["epochs_run"] for m in members], **scores, "members": members}
     if jax.process_index() == 0:
         bundle.save(workdir / "bundle", config, params, batch_stats, features_dir)
+        monitor_reference.write_reference(workdir / "bundle", features_dir)
         write_json_atomic(workdir / "train_result.json", result)
     logging.info("ensemble of %d members: val %s", len(members), result["val"])
     return result

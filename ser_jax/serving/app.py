@@ -22,10 +22,9 @@ from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 
 from ser_jax import bundle as bundle_lib
+from ser_jax.monitoring.reference import REFERENCE_FILE
 from ser_jax.serving.batcher import MicroBatcher, QueueFull
 from ser_jax.serving.engine import CompileCounter, Engine, InputError, check_media_type, decode
-
-REFERENCE_FILE = "monitor_reference.json"
 
 
 @dataclasses.dataclass
@@ -35,7 +34,7 @@ class Settings:
     bundle_dir: str
     max_upload_bytes: int = 20 * 1024 * 1024
     max_seconds: float = 60.0
-    buckets: tuple[int, ...] = (1, 8, 32)
+    buckets: tuple[int, ...] = (1, 8, 16, 24, 32)
     max_wait_ms: float = 5.0
     max_pending: int = 64
     batching: bool = True

@@ -1,7 +1,8 @@
 """Micro-batching: concurrent requests' window rows gathered into one model call.
 
 Requests put their rows on an asyncio queue; one task takes the first waiting item, then keeps
-taking items for up to ``max_wait_s`` or until ``max_rows`` rows are gathered, and runs the
+taking items for up to ``max_wait_s`` or until ``max_rows`` rows are gathered (it stops waiting
+early when no other admitted request is still on its way, e.g. decoding), and runs the
 model on them in a single worker thread (the event loop never blocks on the model). With
 ``enabled=False`` every model call serves exactly one request (the comparison baseline).
 """
@@ -40,6 +41,7 @@ class MicroBatcher:
         self.pending = 0  # admitted requests not yet answered (decoding or waiting or running)
         self.calls = 0
         self.rows_served = 0
+        self.in_model = 0  # requests whose rows are in the running model call
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")
         self._task: asyncio.Task | None = None
@@ -81,6 +83,8 @@ class MicroBatcher:
             return batch
         deadline = time.monotonic() + self.max_wait_s
         while rows < self.max_rows:
+            if self.pending - self.in_model - len(batch) <= 0 and self._queue.empty():
+                break  # nobody else is on the way: waiting would only add latency
             try:
                 item = self._queue.get_nowait()
             except asyncio.QueueEmpty:
@@ -103,6 +107,7 @@ class MicroBatcher:
         while True:
             batch = await self._gather()
             rows = np.concatenate([item.rows for item in batch])
+            self.in_model = len(batch)
             try:
                 probabilities = await loop.run_in_executor(self._model_thread, self.infer, rows)
             except Exception as e:  # answer every waiting request, keep serving
@@ -110,6 +115,8 @@ class MicroBatcher:
                     if not item.future.done():
                         item.future.set_exception(e)
                 continue
+            finally:
+                self.in_model = 0
             self.calls += 1
             self.rows_served += len(rows)
             first = 0
