@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-import wave
 import zipfile
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 import schemathesis
 import soundfile as sf
 from hypothesis import HealthCheck, given, settings
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from ser_jax import bundle, synthetic, train
 from tests.conftest import RAVDESS, REPO, tiny_config, write_feature_dir
@@ -238,7 +238,9 @@ def test_openapi_conformance(served):
         @settings(max_examples=6, deadline=None, database=None,
                   suppress_health_check=list(HealthCheck))
         def check(case):
-            case.call_and_validate()
+            # Random bytes fit the binary body's schema yet are no audio: a 415/422 answer is
+            # the right one, so schemathesis' "schema-valid data is accepted" check is off.
+            case.call_and_validate(excluded_checks=[positive_data_acceptance])
 
         check()
 
@@ -250,9 +252,3 @@ def test_nothing_compiled_while_serving(served):
     assert ready["model_calls"] > 0
     assert ready["compiles"] == ready["compiles_after_warm_up"], ready
 
-
-def test_wav_module_reads_the_long_clip():
-    """_wav_bytes writes a standard PCM WAV (sanity check for the helpers above)."""
-    data = _wav_bytes(np.zeros(2205, np.float32))
-    with wave.open(io.BytesIO(data)) as w:
-        assert (w.getframerate(), w.getnframes()) == (22050, 2205)
