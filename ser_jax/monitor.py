@@ -8,7 +8,8 @@ import sys
 
 from absl import app, flags
 
-from ser_jax.monitoring import drift, run
+from ser_jax.monitoring import drift
+from ser_jax.monitoring import run as monitoring
 
 DRIFT_EXIT_CODE = 3
 defaults = drift.Thresholds()
@@ -32,16 +33,22 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("give audio files, folders or a features parquet after the flags")
     thresholds = drift.Thresholds(FLAGS.psi_threshold, FLAGS.ks_alpha, FLAGS.share_threshold,
                                   FLAGS.class_psi_threshold, FLAGS.quality_threshold)
-    report = run.monitor(FLAGS.bundle, argv[1:], FLAGS.report, thresholds)
+    report = monitoring.monitor(FLAGS.bundle, argv[1:], FLAGS.report, thresholds)
     features = report["features"]
     print(f"{report['rows']} rows; {len(features['drifted'])} features drifted "
           f"({features['share_drifted']:.1%}); "
           + (f"class mix PSI {report['class_mix']['psi']:.3f}; " if "class_mix" in report
              else "")
           + ("DRIFT: " + "; ".join(report["reasons"]) if report["drift"] else "no drift"))
-    print(f"report: {FLAGS.report}/{run.REPORT_JSON}, {FLAGS.report}/{run.REPORT_PNG}")
+    report_dir = FLAGS.report.rstrip("/")
+    print(f"report: {report_dir}/{monitoring.REPORT_JSON}, {report_dir}/{monitoring.REPORT_PNG}")
     sys.exit(DRIFT_EXIT_CODE if report["drift"] else 0)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Console-script entry point."""
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -14,7 +14,7 @@ flags.DEFINE_string("host", "127.0.0.1", "Address to listen on.")
 flags.DEFINE_integer("port", 8000, "Port to listen on.")
 flags.DEFINE_integer("max_upload_bytes", 20 * 1024 * 1024, "Largest upload accepted (413).")
 flags.DEFINE_float("max_seconds", 60.0, "Longest audio accepted, in seconds (413).")
-flags.DEFINE_list("buckets", ["1", "8", "16", "24", "32"],
+flags.DEFINE_list("buckets", ["1", "2", "4", "8", "16", "32"],
                   "Batch shapes (window rows per model call) compiled at start.")
 flags.DEFINE_float("max_wait_ms", 5.0, "How long a model call waits to gather more requests.")
 flags.DEFINE_integer("max_pending", 64, "Requests in flight before answering 503.")
@@ -33,5 +33,10 @@ def main(argv: list[str]) -> None:
     uvicorn.run(create_app(settings), host=FLAGS.host, port=FLAGS.port, log_level="warning")
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Console-script entry point."""
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

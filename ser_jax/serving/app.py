@@ -34,7 +34,7 @@ class Settings:
     bundle_dir: str
     max_upload_bytes: int = 20 * 1024 * 1024
     max_seconds: float = 60.0
-    buckets: tuple[int, ...] = (1, 8, 16, 24, 32)
+    buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     max_wait_ms: float = 5.0
     max_pending: int = 64
     batching: bool = True

@@ -145,7 +145,7 @@ class Engine:
     """The bundle plus fixed batch shapes ("buckets"): every model call pads its rows to the
     smallest bucket that holds them, so after :meth:`warm_up` nothing compiles again."""
 
-    def __init__(self, model: bundle_lib.Bundle, buckets: Sequence[int] = (1, 8, 16, 24, 32)):
+    def __init__(self, model: bundle_lib.Bundle, buckets: Sequence[int] = (1, 2, 4, 8, 16, 32)):
         self.bundle = model
         self.buckets = tuple(sorted(set(buckets)))
         self.max_rows = self.buckets[-1]
