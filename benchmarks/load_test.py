@@ -33,10 +33,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(bundle: str, port: int, batching: bool) -> subprocess.Popen:
+def start_server(bundle: str, port: int, batching: bool,
+                 extra: list[str] | None = None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "ser_jax.serve", f"--bundle={bundle}", f"--port={port}",
-               "--batching" if batching else "--nobatching"]
+               "--batching" if batching else "--nobatching", *(extra or [])]
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

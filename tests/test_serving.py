@@ -165,6 +165,15 @@ def test_bad_uploads(served, name, content, content_type, status, message):
     assert httpx.get(f"{url}/healthz").status_code == 200  # the worker survived
 
 
+def test_too_many_channels(served):
+    """Channels and rate are bounded before decoding (a well-compressed upload stays small)."""
+    url, *_ = served
+    _wait_ready(url)
+    response = httpx.post(f"{url}/v1/predict",
+                          content=_wav_bytes(np.zeros((22050, 9), np.float32)))
+    assert response.status_code == 422 and "9 channels" in response.json()["error"]
+
+
 def test_no_path_is_read(served):
     """A path sent as the body is not audio: nothing on the server is opened."""
     url, *_ = served

@@ -215,7 +215,7 @@ def create_app(settings: Settings) -> FastAPI:
                 state["decoder"], lambda: engine.windows(
                     decode(data, engine.sample_rate, settings.max_seconds)))
             probabilities = await batcher.submit(windows.rows)
-            return engine.result(windows, np.asarray(probabilities))
+            return JSONResponse(engine.result(windows, np.asarray(probabilities)))
         except InputError as e:
             return _error(e.status, e.message)
         except ClientDisconnect:

@@ -19,8 +19,10 @@ import soundfile as sf
 import soxr
 
 from ser_jax import bundle as bundle_lib
+from ser_jax.monitoring.reference import SILENT_RMS  # a window below it is marked silent
 
-SILENT_RMS = 1e-3  # a window whose RMS is below this is marked silent (full scale is 1.0)
+MAX_RATE = 192_000  # highest native sample rate decoded
+MAX_CHANNELS = 8
 
 
 class InputError(Exception):
@@ -76,16 +78,21 @@ def decode(data: bytes, sample_rate: int, max_seconds: float) -> np.ndarray:
             if frames / native_rate > max_seconds:
                 raise InputError(413, f"audio is {frames / native_rate:.1f} s long; the limit "
                                       f"is {max_seconds:g} s")
-            samples = f.read(dtype="float32", always_2d=True)
+            if native_rate > MAX_RATE or f.channels > MAX_CHANNELS:
+                raise InputError(422, f"{f.channels} channels at {native_rate} Hz; at most "
+                                      f"{MAX_CHANNELS} channels at {MAX_RATE} Hz are read")
+            # mixed down block by block: a small, well-compressed upload cannot fill memory
+            blocks = [block.mean(axis=1, dtype=np.float32) for block in
+                      f.blocks(blocksize=1 << 16, dtype="float32", always_2d=True)]
     except InputError:
         raise
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError, EOFError) as e:
         raise InputError(422, f"cannot decode the audio: {e}") from e
-    if len(samples) == 0:
+    wave = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+    if len(wave) == 0:
         raise InputError(422, "the audio file holds no decodable samples (truncated?)")
-    if not np.isfinite(samples).all():
+    if not np.isfinite(wave).all():
         raise InputError(422, "the audio holds NaN or infinite samples")
-    wave = samples.mean(axis=1, dtype=np.float32)
     if native_rate != sample_rate:
         wave = soxr.resample(wave, native_rate, sample_rate, quality="HQ").astype(np.float32)
     return wave
