@@ -111,20 +111,24 @@ def main() -> None:
                 print(f"c={concurrency} batching={mode}: {r['rps']:.1f} req/s "
                       f"p50 {r['p50']:.0f} p95 {r['p95']:.0f} p99 {r['p99']:.0f} ms "
                       f"({r['ok']} ok, errors {r['errors']})", file=sys.stderr)
+        print("Medians over the rounds (p99: the worst round).\n")
         print("| concurrency | micro-batching | requests/s | p50 ms | p95 ms | p99 ms | "
               "requests | errors |")
         print("|---|---|---|---|---|---|---|---|")
         for (concurrency, mode), rounds in results.items():
             print(f"| {concurrency} | {'on' if mode else 'off'} | "
-                  f"{statistics.mean(r['rps'] for r in rounds):.1f} | "
-                  f"{statistics.mean(r['p50'] for r in rounds):.0f} | "
-                  f"{statistics.mean(r['p95'] for r in rounds):.0f} | "
+                  f"{statistics.median(r['rps'] for r in rounds):.1f} | "
+                  f"{statistics.median(r['p50'] for r in rounds):.0f} | "
+                  f"{statistics.median(r['p95'] for r in rounds):.0f} | "
                   f"{max(r['p99'] for r in rounds):.0f} | {sum(r['ok'] for r in rounds)} | "
                   f"{sum(sum(r['errors'].values()) for r in rounds)} |")
         for concurrency in sorted({c for c, _ in results}):
-            on, off = (statistics.mean(r["rps"] for r in results[(concurrency, m)])
-                       for m in (True, False))
-            print(f"\nconcurrency {concurrency}: micro-batching {on / off:.2f}x the requests/s")
+            ratios = [a["rps"] / b["rps"] for a, b in zip(results[(concurrency, True)],
+                                                          results[(concurrency, False)],
+                                                          strict=True)]
+            print(f"\nconcurrency {concurrency}: micro-batching / one request per call, "
+                  f"requests/s per interleaved pair: {', '.join(f'{r:.2f}' for r in ratios)} "
+                  f"(median {statistics.median(ratios):.2f}x)")
     finally:
         for server in servers.values():
             server.terminate()
