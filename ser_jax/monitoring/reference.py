@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 import pandas as pd
 import soundfile as sf
+from absl import logging
 
 from ser_jax import audio, dataset, models
 from ser_jax import bundle as bundle_lib
@@ -107,13 +108,19 @@ def raw_features(frame: pd.DataFrame, scaler: dataset.Scaler) -> np.ndarray:
     return frame[list(FEATURE_NAMES)].to_numpy(np.float64) * scaler.scale + scaler.mean
 
 
-def write_reference(bundle_dir: str | Path, features_dir: str | Path) -> dict:
+def write_reference(bundle_dir: str | Path, features_dir: str | Path) -> dict | None:
     """Builds the reference from ``features_dir`` (the training features) and the saved bundle
-    in ``bundle_dir`` and writes it there as monitor_reference.json."""
+    in ``bundle_dir`` and writes it there as monitor_reference.json (none, with a warning, when
+    the training split has fewer rows than bins)."""
     bundle_dir, features_dir = Path(bundle_dir), Path(features_dir)
-    model = bundle_lib.load(bundle_dir)
     train = pd.read_parquet(features_dir / "train.parquet")
-    train = train[train["augmentation"] == "none"]
+    if (train["augmentation"] == "none").any():  # clips as recorded, as the monitor sees them
+        train = train[train["augmentation"] == "none"]
+    if len(train) < PSI_BINS:
+        logging.warning("no monitoring reference: %d training rows, fewer than %d bins",
+                        len(train), PSI_BINS)
+        return None
+    model = bundle_lib.load(bundle_dir)
     scaler = dataset.Scaler.load(features_dir / "scaler.json")
     val_x, _ = dataset.load_inputs(features_dir, "val", model.labels,
                                    models.model_inputs(model.config.model))
