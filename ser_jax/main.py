@@ -2,11 +2,13 @@
 
 Stages: ``features`` (corpus -> parquet), ``train`` (parquet -> checkpoints + bundle),
 ``evaluate`` (bundle + test split -> report), ``all`` (the three in turn), ``cv`` (speaker-grouped
-k-fold cross-validation into WORKDIR/cv; not part of ``all``).
+k-fold cross-validation into WORKDIR/cv; not part of ``all``), ``monitor`` (drift of
+``--monitor_paths`` against WORKDIR/bundle's reference into WORKDIR/monitor; exits 3 on drift).
 """
 
 import logging as std_logging
 import os
+import sys
 from pathlib import Path
 
 import jax
@@ -16,13 +18,17 @@ from ml_collections import config_flags
 from ser_jax.core.files import write_json_atomic
 from ser_jax.evaluation import cv, evaluate
 from ser_jax.features import pipeline
+from ser_jax.monitoring import run as monitoring
 from ser_jax.training import loop
 
 FLAGS = flags.FLAGS
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for features, checkpoints, logs and reports.")
-flags.DEFINE_enum("stage", "all", ["features", "train", "evaluate", "all", "cv"], "What to run.")
+flags.DEFINE_enum("stage", "all", ["features", "train", "evaluate", "all", "cv", "monitor"],
+                  "What to run.")
+flags.DEFINE_list("monitor_paths", [], "--stage=monitor: audio files, folders or a features "
+                  "parquet to compare with the bundle's training reference.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -59,6 +65,12 @@ def main(argv: list[str]) -> None:
         evaluate.evaluate(workdir)
     if FLAGS.stage == "cv":
         cv.cross_validate(config, workdir)
+    if FLAGS.stage == "monitor":
+        if not FLAGS.monitor_paths:
+            raise app.UsageError("--stage=monitor needs --monitor_paths=PATH[,PATH...]")
+        report = monitoring.monitor(workdir / "bundle", FLAGS.monitor_paths, workdir / "monitor")
+        logging.info("monitor: %s", "; ".join(report["reasons"]) or "no drift")
+        sys.exit(3 if report["drift"] else 0)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from ser_jax.data import labels as labels_file
 from ser_jax.data import store
 from ser_jax.inference import bundle
 from ser_jax.models import registry
-from ser_jax.training import checkpoints
+from ser_jax.training import checkpoints, reference
 from ser_jax.training.metrics_log import MetricsLog
 from ser_jax.training.state import EarlyStopping, learning_rate
 from ser_jax.training.trainer import epoch_inputs, get_trainer, split_metrics, to_host
@@ -124,6 +124,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
               **{name: to_host(evaluate(params, batch_stats, name)) for name in eval_data}}
     if chief:
         bundle.save(workdir / "bundle", config, params, batch_stats, features_dir)
+        reference.write_reference(workdir / "bundle", features_dir)
         write_json_atomic(workdir / "train_result.json", result)
     logging.info("best epoch %d: val %s", result["best_epoch"], result["val"])
     return result
@@ -159,6 +160,7 @@ def train_ensemble(config: ml_collections.ConfigDict, workdir: Path, features_di
               "epochs_run": [m["epochs_run"] for m in members], **scores, "members": members}
     if jax.process_index() == 0:
         bundle.save(workdir / "bundle", config, params, batch_stats, features_dir)
+        reference.write_reference(workdir / "bundle", features_dir)
         write_json_atomic(workdir / "train_result.json", result)
     logging.info("ensemble of %d members: val %s", len(members), result["val"])
     return result
