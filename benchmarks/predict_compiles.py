@@ -22,8 +22,9 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ser_jax import audio, bundle  # noqa: E402
-from ser_jax.inference import cli, windows  # noqa: E402
+from ser_jax.core.compiles import compile_count  # noqa: E402
+from ser_jax.data import audio  # noqa: E402
+from ser_jax.inference import bundle, cli, windows  # noqa: E402
 
 
 def write_recordings(folder: Path, sources: list[Path], count: int, rate: int,
@@ -55,7 +56,7 @@ def main() -> None:
         lengths = write_recordings(Path(tmp), sources, args.files, rate,
                                    np.random.default_rng(args.seed))
         files, _ = cli.expand_paths([tmp])
-        before = windows.compile_count()
+        before = compile_count()
         started = time.perf_counter()
         count = 0
         for result in windows.predict_paths(model, files):
@@ -64,7 +65,7 @@ def main() -> None:
     print(json.dumps({"files": len(files), "distinct_lengths": len(set(lengths)),
                       "seconds_of_audio": round(sum(lengths)), "windows": count,
                       "compiles_before_run": before,
-                      "compiles_during_run": windows.compile_count() - before,
+                      "compiles_during_run": compile_count() - before,
                       "wall_seconds": round(seconds, 1),
                       "files_per_second": round(len(files) / seconds, 1),
                       "windows_per_second": round(count / seconds, 1)}))

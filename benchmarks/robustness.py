@@ -38,9 +38,9 @@ import soxr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ser_jax import audio, bundle, corpora  # noqa: E402
+from ser_jax.data import audio, corpora  # noqa: E402
 from ser_jax.data.placement import speech_bounds  # noqa: E402
-from ser_jax.inference import windows  # noqa: E402
+from ser_jax.inference import bundle, windows  # noqa: E402
 
 TELEPHONE_RATE = 8000
 BABBLE_TALKERS = 4
@@ -67,7 +67,7 @@ def telephone(wave: np.ndarray, rate: int) -> np.ndarray:
     freqs = np.fft.rfftfreq(len(low), 1 / TELEPHONE_RATE)
     spectrum[(freqs < 300) | (freqs > 3400)] = 0
     band = np.fft.irfft(spectrum, len(low)).astype(np.float32)
-    return windows._fit(soxr.resample(band, TELEPHONE_RATE, rate, quality="HQ"), len(wave))
+    return audio.fit(soxr.resample(band, TELEPHONE_RATE, rate, quality="HQ"), len(wave))
 
 
 def babble(others: list[np.ndarray], length: int, rng: np.random.Generator) -> np.ndarray:

@@ -18,13 +18,14 @@ import sys
 from absl import app, flags
 from tqdm import tqdm
 
+from ser_jax.data.quality import SILENCE_DB
 from ser_jax.inference import bundle, cli, windows
 
 flags.DEFINE_string("bundle", None, "Inference bundle folder (WORKDIR/bundle).")
 flags.DEFINE_float("hop", None, "Seconds between window starts (default: half the window).")
 flags.DEFINE_string("output", None, "Write rows to FILE.csv or FILE.jsonl instead of stdout.")
 flags.DEFINE_bool("windows", True, "Write a row per window (else only each file's row).")
-flags.DEFINE_float("silence_db", windows.SILENCE_DB,
+flags.DEFINE_float("silence_db", SILENCE_DB,
                    "A window whose loudest frame is this many dB below the file's has no speech.")
 flags.mark_flag_as_required("bundle")
 FLAGS = flags.FLAGS

@@ -102,11 +102,44 @@ def test_ready_only_after_warm_up(served):
     assert ready["buckets"] == [1, 8] and ready["compiles"] == ready["compiles_after_warm_up"]
 
 
-def test_predictions_match_the_bundle(served):
+def _without_path(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k != "path"}
+
+
+def _assert_same_rows(got: list[dict], want: list[dict]) -> None:
+    """Equal rows; class probabilities within 1e-5."""
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        assert {k: v for k, v in a.items() if k != "probabilities"} == {
+            k: v for k, v in b.items() if k != "probabilities"}
+        if b["probabilities"] is None:
+            assert a["probabilities"] is None
+        else:
+            assert list(a["probabilities"]) == list(b["probabilities"])
+            np.testing.assert_allclose(list(a["probabilities"].values()),
+                                       list(b["probabilities"].values()), atol=1e-5)
+
+
+def test_answers_equal_predict_rows(served, tmp_path):
+    """The server answers a file with the rows the predict command writes for it (same windows,
+    placement, hop and silence rule): clips, and a long file whose end is silent."""
     url, bundle_dir, files, *_ = served
+    rng = np.random.default_rng(1)
+    long_file = tmp_path / "long.wav"
+    sf.write(long_file, np.concatenate([0.3 * rng.standard_normal(22050 * 6),
+                                        np.zeros(22050 * 4)]).astype(np.float32), 22050,
+             subtype="PCM_16")
+    paths = [*files[:3], long_file]
+    out = tmp_path / "rows.jsonl"
+    run = subprocess.run([sys.executable, "-m", "ser_jax.predict", f"--bundle={bundle_dir}",
+                          f"--output={out}", *map(str, paths)], cwd=REPO, capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
     _wait_ready(url)
-    expected = bundle.load(bundle_dir).predict_files(files[:3])
-    for path, want in zip(files[:3], expected, strict=True):
+    for path in paths:
+        want = [_without_path(r) for r in rows if r["path"] == str(path)]
+        assert want[-1]["kind"] == "file" and len(want) == want[-1]["windows"] + 1
         multipart = httpx.post(f"{url}/v1/predict", files={"file": (path.name, path.read_bytes(),
                                                                    "audio/wav")})
         raw = httpx.post(f"{url}/v1/predict", content=path.read_bytes(),
@@ -114,9 +147,7 @@ def test_predictions_match_the_bundle(served):
         for response in (multipart, raw):
             assert response.status_code == 200, response.text
             got = response.json()
-            assert got["emotion"] == want["emotion"] and "windows" not in got
-            np.testing.assert_allclose(list(got["probabilities"].values()),
-                                       list(want["probabilities"].values()), atol=1e-5)
+            _assert_same_rows([*got.pop("window_rows"), got], want)
 
 
 def test_long_file_gets_window_rows(served):
@@ -127,12 +158,21 @@ def test_long_file_gets_window_rows(served):
     response = httpx.post(f"{url}/v1/predict", content=_wav_bytes(samples.astype(np.float32)))
     body = response.json()
     assert response.status_code == 200, body
-    # 10 s from 0.6 s in 2.5 s windows: 0.6, 3.1, 5.6, 8.1 (the last one silent)
-    assert [w["start_s"] for w in body["windows"]] == [0.6, 3.1, 5.6, 8.1]
-    assert [w["silent"] for w in body["windows"]] == [False, False, False, True]
-    assert body["windows_used"] == 3
-    mean = np.mean([list(w["probabilities"].values()) for w in body["windows"][:3]], axis=0)
-    np.testing.assert_allclose(list(body["probabilities"].values()), mean, atol=1e-6)
+    # 10 s: 2.5 s windows from 0.6 s every 1.25 s, the last one ending with the file; the
+    # windows after the noise hold no frame within 50 dB of the loudest: no speech
+    windows = body["window_rows"]
+    assert [w["start"] for w in windows] == [0.6, 1.85, 3.1, 4.35, 5.6, 6.85, 7.5]
+    assert [w["end"] for w in windows] == [3.1, 4.35, 5.6, 6.85, 8.1, 9.35, 10.0]
+    assert [w["speech"] for w in windows] == [True] * 5 + [False] * 2
+    assert [w["probabilities"] is None for w in windows] == [False] * 5 + [True] * 2
+    assert (body["kind"], body["windows"], body["speech_windows"]) == ("file", 7, 5)
+    mean = np.mean([list(w["probabilities"].values()) for w in windows[:5]], axis=0)
+    np.testing.assert_allclose(list(body["probabilities"].values()), mean, atol=1e-5)
+    silent = httpx.post(f"{url}/v1/predict", content=_wav_bytes(np.zeros(22050 * 5, np.float32)))
+    body = silent.json()
+    assert silent.status_code == 200, body
+    assert (body["speech"], body["emotion"], body["probabilities"]) == (False, None, None)
+    assert body["window_rows"] and not any(w["speech"] for w in body["window_rows"])
 
 
 @pytest.mark.parametrize("name,content,content_type,status,message", [

@@ -39,7 +39,7 @@ def load_clip(
     if placement != "offset":
         wave = load_recording(path, sample_rate)
         start = window_start(wave, sample_rate, placement, offset, duration)
-        return _fit(wave[start:], round(sample_rate * duration))
+        return fit(wave[start:], round(sample_rate * duration))
     path = Path(path)
     try:
         if path.stat().st_size == 0:
@@ -64,11 +64,11 @@ def load_clip(
     wave = data.mean(axis=1, dtype=np.float32)
     if native_rate != sample_rate:
         wave = soxr.resample(wave, native_rate, sample_rate, quality="HQ")
-    return _fit(wave, round(sample_rate * duration))
+    return fit(wave, round(sample_rate * duration))
 
 
-def _fit(wave: np.ndarray, n: int) -> np.ndarray:
-    """wave's first n samples, zero-padded to n."""
+def fit(wave: np.ndarray, n: int) -> np.ndarray:
+    """wave's first n samples, zero-padded to n (float32)."""
     out = np.zeros(n, np.float32)
     out[: min(n, wave.size)] = wave[:n]
     return out

@@ -1,18 +1,21 @@
 """Whole recordings of any length: sliding windows of the training window, speech marking,
-fixed-shape batches.
+fixed-shape batches. The predict command and the HTTP server both go through here.
 
 A recording is cut into windows of ``data.duration`` seconds (the training window) every ``hop``
 seconds. The first window starts where ``data.placement`` puts the training window (the offset,
 or the first speech sample), moved earlier when the recording ends before that window would; a
 recording shorter than the window gives one zero-padded window. The last window is aligned to
-the end of the recording, so every window of a longer recording is full of audio. A window whose
-loudest frame (2048 samples) is more than ``silence_db`` below the recording's loudest frame, or
-below ``FLOOR_DB`` dBFS, has no speech: it is marked, not classified. The recording's own row
+the end of the recording, so every window of a longer recording is full of audio. A window
+without speech (``data.quality.speech_windows``: no frame within ``silence_db`` of the
+recording's loudest, or none above -80 dBFS) is marked, not classified. The recording's own row
 averages the class probabilities of its speech windows.
 
-Windows of all recordings in a call are classified together in batches of ``batch_windows``
-(the last zero-padded), so the feature extractor and the model each compile once for a bundle,
-whatever the recordings' lengths.
+The steps can be called apart, as the server's micro-batcher does: :func:`cut_windows` (a
+recording -> its windows, speech marks and the rows to classify), :func:`classify_windows`
+(rows -> probabilities, in padded batches of fixed sizes) and :func:`file_prediction` (a cut
+and its rows' probabilities -> window rows and the file row). Windows of all recordings in a
+call are classified together, so the feature extractor and the model each compile once per
+batch size, whatever the recordings' lengths.
 """
 
 from __future__ import annotations
@@ -22,15 +25,14 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-import jax
 import numpy as np
 
-from ser_jax import audio, features
-from ser_jax.bundle import Bundle
-from ser_jax.data.placement import FRAME_HOP, frame_rms_db, window_start
+from ser_jax.data import audio
+from ser_jax.data.placement import window_start
+from ser_jax.data.quality import SILENCE_DB, speech_windows
+from ser_jax.features import extractor as features
+from ser_jax.inference.bundle import Bundle
 
-SILENCE_DB = 50.0
-FLOOR_DB = -80.0
 BATCH_WINDOWS = features.CPU_CHUNK
 
 
@@ -62,6 +64,20 @@ class FilePrediction:
         return [*out, {**head, **self.file_row}]
 
 
+@dataclasses.dataclass(frozen=True)
+class Cut:
+    """A recording cut into windows: their first samples, which hold speech, and the speech
+    windows' samples (rows, window samples), zero-padded to the window: what gets classified."""
+
+    path: str | None
+    samples: int  # the recording's length
+    sample_rate: int
+    window: int  # samples per window
+    starts: list[int]  # each window's first sample
+    speech: np.ndarray  # (windows,) bool
+    rows: np.ndarray  # (speech windows, window) float32
+
+
 def error_row(path: str, reason: str) -> dict:
     """The output row of a file that could not be predicted."""
     return {"path": path, "kind": "error", "error": reason}
@@ -86,68 +102,73 @@ def window_starts(wave: np.ndarray, bundle: Bundle, hop: float) -> list[int]:
     return [*starts, last]
 
 
-def speech_windows(wave: np.ndarray, starts: Sequence[int], n: int,
-                   silence_db: float = SILENCE_DB) -> np.ndarray:
-    """Whether each window [start, start + n) has a frame (centred in it) within silence_db of
-    the recording's loudest frame and above FLOOR_DB dBFS."""
-    db = frame_rms_db(wave)
-    threshold = max(float(db.max()) - silence_db, FLOOR_DB)
-    first = -(-np.asarray(starts) // FRAME_HOP)
-    end = (np.asarray(starts) + n - 1) // FRAME_HOP + 1
-    return np.array([db[a:b].max(initial=-np.inf) >= threshold for a, b in zip(first, end,
-                                                                               strict=True)])
+def cut_windows(bundle: Bundle, wave: np.ndarray, hop: float | None = None, *,
+                silence_db: float = SILENCE_DB, path: str | Path | None = None) -> Cut:
+    """`wave` (float32 mono at the bundle's data.sample_rate) cut into windows every `hop`
+    seconds (default: half the window), speech marked, the speech windows' rows taken."""
+    data = bundle.config.data
+    n = round(data.sample_rate * data.duration)
+    wave = np.asarray(wave, np.float32)
+    starts = window_starts(wave, bundle, default_hop(bundle) if hop is None else hop)
+    speech = speech_windows(wave, starts, n, silence_db)
+    rows = np.array([audio.fit(wave[s:s + n], n) for s in np.asarray(starts)[speech]],
+                    np.float32).reshape(-1, n)
+    return Cut(None if path is None else str(path), len(wave), data.sample_rate, n, starts,
+               speech, rows)
 
 
 def classify_windows(bundle: Bundle, windows: np.ndarray,
-                     batch_windows: int = BATCH_WINDOWS) -> np.ndarray:
-    """Class probabilities (k, classes) of windows (k, samples), batch_windows at a time, the
-    last batch zero-padded: one input shape whatever k is."""
+                     batch_sizes: Sequence[int] = (BATCH_WINDOWS,)) -> np.ndarray:
+    """Class probabilities (k, classes) of windows (k, samples) in calls of at most the largest
+    batch size, each zero-padded to the smallest size that holds it: only those input shapes
+    are ever compiled, whatever k is."""
+    sizes = sorted(set(batch_sizes))
     out = []
-    for i in range(0, len(windows), batch_windows):
-        chunk = windows[i:i + batch_windows]
-        padded = np.pad(chunk, ((0, batch_windows - len(chunk)), (0, 0)))
+    for i in range(0, len(windows), sizes[-1]):
+        chunk = windows[i:i + sizes[-1]]
+        size = next(s for s in sizes if s >= len(chunk))
+        padded = np.pad(chunk, ((0, size - len(chunk)), (0, 0)))
         out.append(bundle.probabilities(bundle.inputs(padded))[:len(chunk)])
     return np.concatenate(out) if out else np.zeros((0, len(bundle.labels)), np.float32)
 
 
+def file_prediction(cut: Cut, probabilities: np.ndarray, labels: Sequence[str]
+                    ) -> FilePrediction:
+    """The windows and the file row of `cut`, given its rows' class probabilities (one row per
+    speech window, in order; none needed when no window holds speech)."""
+    rate = cut.sample_rate
+    if len(probabilities) != len(cut.rows):
+        raise ValueError(f"{len(probabilities)} probability rows for {len(cut.rows)} windows")
+    rows = iter(probabilities)
+    windows = []
+    for start, keep in zip(cut.starts, cut.speech, strict=True):
+        span = (round(start / rate, 3), round(min(start + cut.window, cut.samples) / rate, 3))
+        windows.append(Window(*span, True, *_labelled(labels, next(rows))) if keep
+                       else Window(*span, speech=False))
+    file_row = {"kind": "file", "start": 0.0, "end": round(cut.samples / rate, 3),
+                "speech": bool(len(probabilities)), "windows": len(windows),
+                "speech_windows": len(probabilities), "emotion": None, "probabilities": None}
+    if len(probabilities):
+        file_row["emotion"], file_row["probabilities"] = _labelled(
+            labels, np.mean(probabilities, axis=0))
+    return FilePrediction(cut.path, cut.samples / rate, windows, file_row)
+
+
 def predict_waveforms(bundle: Bundle, waves: Sequence[np.ndarray], hop: float | None = None, *,
                       paths: Sequence[str | None] | None = None, silence_db: float = SILENCE_DB,
-                      batch_windows: int = BATCH_WINDOWS) -> list[FilePrediction]:
+                      batch_sizes: Sequence[int] = (BATCH_WINDOWS,)) -> list[FilePrediction]:
     """Predicts recordings (float32 mono at the bundle's data.sample_rate), their windows
     classified together in fixed-shape batches."""
-    data = bundle.config.data
-    rate, n = data.sample_rate, round(data.sample_rate * data.duration)
-    hop = default_hop(bundle) if hop is None else hop
     paths = [None] * len(waves) if paths is None else paths
-    plans, pieces = [], []
-    for wave in waves:
-        wave = np.asarray(wave, np.float32)
-        starts = window_starts(wave, bundle, hop)
-        speech = speech_windows(wave, starts, n, silence_db)
-        plans.append((wave, starts, speech))
-        pieces += [_fit(wave[s:s + n], n) for s, keep in zip(starts, speech, strict=True) if keep]
-    probabilities = iter(classify_windows(bundle, np.stack(pieces) if pieces else
-                                          np.zeros((0, n), np.float32), batch_windows))
-    results = []
-    for path, (wave, starts, speech) in zip(paths, plans, strict=True):
-        windows, rows = [], []
-        for start, keep in zip(starts, speech, strict=True):
-            span = (round(start / rate, 3), round(min(start + n, len(wave)) / rate, 3))
-            if not keep:
-                windows.append(Window(*span, speech=False))
-                continue
-            row = next(probabilities)
-            rows.append(row)
-            windows.append(Window(*span, True, *_labelled(bundle.labels, row)))
-        file_row = {"kind": "file", "start": 0.0, "end": round(len(wave) / rate, 3),
-                    "speech": bool(rows), "windows": len(windows), "speech_windows": len(rows),
-                    "emotion": None, "probabilities": None}
-        if rows:
-            file_row["emotion"], file_row["probabilities"] = _labelled(
-                bundle.labels, np.mean(rows, axis=0))
-        results.append(FilePrediction(None if path is None else str(path), len(wave) / rate,
-                                      windows, file_row))
-    return results
+    cuts = [cut_windows(bundle, wave, hop, silence_db=silence_db, path=path)
+            for wave, path in zip(waves, paths, strict=True)]
+    rows = (np.concatenate([c.rows for c in cuts]) if cuts else
+            np.zeros((0, round(bundle.config.data.sample_rate * bundle.config.data.duration)),
+                     np.float32))
+    probabilities = classify_windows(bundle, rows, batch_sizes)
+    ends = np.cumsum([len(c.rows) for c in cuts])
+    return [file_prediction(c, probabilities[end - len(c.rows):end], bundle.labels)
+            for c, end in zip(cuts, ends, strict=True)]
 
 
 def predict_waveform(bundle: Bundle, wave: np.ndarray, hop: float | None = None,
@@ -195,29 +216,6 @@ def _load_or_reason(path: str | Path, rate: int) -> np.ndarray | str:
         return f"cannot read or decode: {type(e).__name__}: {e}"
 
 
-def _fit(wave: np.ndarray, n: int) -> np.ndarray:
-    out = np.zeros(n, np.float32)
-    out[:min(n, len(wave))] = wave[:n]
-    return out
-
-
-def _labelled(labels: list[str], row: np.ndarray) -> tuple[str, dict[str, float]]:
+def _labelled(labels: Sequence[str], row: np.ndarray) -> tuple[str, dict[str, float]]:
     return labels[int(np.argmax(row))], {k: round(float(v), 6) for k, v in zip(labels, row,
                                                                              strict=True)}
-
-
-_COMPILES = [0]
-
-
-def _count(event: str, *args, **kwargs) -> None:
-    if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
-        _COMPILES[0] += 1
-
-
-jax.monitoring.register_event_duration_secs_listener(_count)
-
-
-def compile_count() -> int:
-    """Programs JAX has lowered for compilation in this process so far (each jit cache miss,
-    whether or not the persistent compilation cache then had the binary)."""
-    return _COMPILES[0]

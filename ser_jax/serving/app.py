@@ -21,9 +21,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 
+from ser_jax.core.compiles import compile_count
 from ser_jax.inference import bundle as bundle_lib
 from ser_jax.serving.batcher import MicroBatcher, QueueFull
-from ser_jax.serving.engine import CompileCounter, Engine, InputError, check_media_type, decode
+from ser_jax.serving.engine import Engine, InputError, check_media_type, decode
 from ser_jax.training.reference import REFERENCE_FILE
 
 
@@ -158,7 +159,7 @@ def create_app(settings: Settings) -> FastAPI:
         def warm_up() -> None:
             try:
                 engine.warm_up()
-                state["compiles_after_warm_up"] = CompileCounter.count()
+                state["compiles_after_warm_up"] = compile_count()
                 state["ready"] = True
             except Exception as e:  # reported by /readyz
                 state["error"] = f"warm-up failed: {e}"
@@ -185,7 +186,7 @@ def create_app(settings: Settings) -> FastAPI:
                           {"Retry-After": "1"})
         batcher = state["batcher"]
         return {"status": "ready", "buckets": list(state["engine"].buckets),
-                "batching": batcher.enabled, "compiles": CompileCounter.count(),
+                "batching": batcher.enabled, "compiles": compile_count(),
                 "compiles_after_warm_up": state["compiles_after_warm_up"],
                 "model_calls": batcher.calls, "rows_served": batcher.rows_served,
                 "pending": batcher.pending}
@@ -198,7 +199,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.post("/v1/predict", openapi_extra=_PREDICT_BODY, responses=_PREDICT_RESPONSES)
     async def predict(request: Request):
         """The emotion and class probabilities of an uploaded audio file (multipart field
-        ``file`` or the raw body); files longer than one window also get per-window rows."""
+        ``file`` or the raw body), with a row per window, as the predict command gives."""
         if not state["ready"]:
             return _error(503, "the model is still compiling", {"Retry-After": "1"})
         batcher: MicroBatcher = state["batcher"]
@@ -211,11 +212,12 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             data, _ = await _upload(request, settings.max_upload_bytes)
             loop = asyncio.get_running_loop()
-            windows = await loop.run_in_executor(
-                state["decoder"], lambda: engine.windows(
+            cut = await loop.run_in_executor(
+                state["decoder"], lambda: engine.cut(
                     decode(data, engine.sample_rate, settings.max_seconds)))
-            probabilities = await batcher.submit(windows.rows)
-            return JSONResponse(engine.result(windows, np.asarray(probabilities)))
+            # no speech window: nothing to classify
+            probabilities = await batcher.submit(cut.rows) if len(cut.rows) else cut.rows[:, :0]
+            return JSONResponse(engine.answer(cut, np.asarray(probabilities)))
         except InputError as e:
             return _error(e.status, e.message)
         except ClientDisconnect:

@@ -1,25 +1,24 @@
-"""Inference for the server: uploaded bytes -> waveform -> window rows -> class probabilities.
+"""Inference for the server: uploaded bytes -> waveform -> windows -> class probabilities ->
+the answer.
 
-``Engine.predict_waves`` is the one place that turns waveforms into per-window rows and a
-file-level result; everything model-related goes through the loaded bundle (``Bundle.inputs``,
-``Bundle.probabilities``), the same path ``predict_files`` takes, in fixed batch shapes.
+Decoding is the server's own (bytes, with limits); the windows, their classification and the
+answer's rows are predict's (ser_jax.inference.windows), so the server answers a file with the
+rows the predict command writes for it. The engine fixes the batch shapes ("buckets"): every
+model call pads its rows to the smallest bucket that holds them, so after :meth:`warm_up`
+nothing compiles again.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import io
-import threading
 from collections.abc import Sequence
 
-import jax
-import jax.monitoring
 import numpy as np
 import soundfile as sf
 import soxr
 
 from ser_jax.inference import bundle as bundle_lib
-from ser_jax.training.reference import SILENT_RMS  # a window below it is marked silent
+from ser_jax.inference import windows
 
 MAX_RATE = 192_000  # highest native sample rate decoded
 MAX_CHANNELS = 8
@@ -98,69 +97,15 @@ def decode(data: bytes, sample_rate: int, max_seconds: float) -> np.ndarray:
     return wave
 
 
-@dataclasses.dataclass
-class Windows:
-    """One waveform cut into model windows: rows (n, T), their start times and silence flags."""
-
-    rows: np.ndarray
-    starts: list[float]
-    silent: list[bool]
-
-
-def cut_windows(wave: np.ndarray, sample_rate: int, offset: float, duration: float) -> Windows:
-    """The training window [offset, offset+duration] for a clip that fits in it; for a longer
-    file, consecutive windows of ``duration`` from ``offset`` on (a last partial window of at
-    least half a window is zero-padded, a shorter tail dropped). A file shorter than
-    ``offset`` is read from its start."""
-    size = round(sample_rate * duration)
-    start = round(sample_rate * offset) if len(wave) > round(sample_rate * offset) else 0
-    starts = list(range(start, max(start + 1, len(wave) - size // 2 + 1), size)) or [start]
-    rows = np.zeros((len(starts), size), np.float32)
-    for i, s in enumerate(starts):
-        piece = wave[s:s + size]
-        rows[i, :len(piece)] = piece
-    rms = np.sqrt(np.mean(rows.astype(np.float64) ** 2, axis=1))
-    return Windows(rows, [s / sample_rate for s in starts], [bool(r < SILENT_RMS) for r in rms])
-
-
-class CompileCounter:
-    """Counts XLA backend compilations in this process (jax.monitoring events)."""
-
-    _count = 0
-    _lock = threading.Lock()
-    _registered = False
-
-    @classmethod
-    def install(cls) -> None:
-        with cls._lock:
-            if not cls._registered:
-                jax.monitoring.register_event_duration_secs_listener(cls._on_event)
-                cls._registered = True
-
-    @classmethod
-    def _on_event(cls, event: str, duration: float, **kwargs) -> None:
-        if event == "/jax/core/compile/backend_compile_duration":
-            with cls._lock:
-                cls._count += 1
-
-    @classmethod
-    def count(cls) -> int:
-        return cls._count
-
-
 class Engine:
-    """The bundle plus fixed batch shapes ("buckets"): every model call pads its rows to the
-    smallest bucket that holds them, so after :meth:`warm_up` nothing compiles again."""
+    """The bundle, its batch shapes and predict's windows (default hop and silence rule)."""
 
     def __init__(self, model: bundle_lib.Bundle, buckets: Sequence[int] = (1, 2, 4, 8, 16, 32)):
         self.bundle = model
         self.buckets = tuple(sorted(set(buckets)))
         self.max_rows = self.buckets[-1]
-        data = model.config.data
-        self.sample_rate, self.offset, self.duration = (data.sample_rate, data.offset,
-                                                        data.duration)
-        self.window_samples = round(self.sample_rate * self.duration)
-        CompileCounter.install()
+        self.sample_rate = model.config.data.sample_rate
+        self.window_samples = round(self.sample_rate * model.config.data.duration)
 
     def warm_up(self) -> None:
         """Compiles every bucket's program once (features, scaling, model)."""
@@ -168,50 +113,17 @@ class Engine:
             self.probabilities(np.zeros((size, self.window_samples), np.float32))
 
     def probabilities(self, rows: np.ndarray) -> np.ndarray:
-        """Class probabilities for window rows (n, T), n <= the largest bucket, in one call."""
-        n = len(rows)
-        if not 0 < n <= self.max_rows:
-            raise ValueError(f"{n} rows; one call takes 1..{self.max_rows}")
-        bucket = next(b for b in self.buckets if b >= n)
-        padded = np.zeros((bucket, rows.shape[1]), np.float32)
-        padded[:n] = rows
-        return self.bundle.probabilities(self.bundle.inputs(padded))[:n]
+        """Class probabilities for window rows (n, T), in calls of at most max_rows."""
+        return windows.classify_windows(self.bundle, rows, self.buckets)
 
-    def windows(self, wave: np.ndarray) -> Windows:
-        return cut_windows(wave, self.sample_rate, self.offset, self.duration)
+    def cut(self, wave: np.ndarray) -> windows.Cut:
+        """A decoded upload cut into windows, as predict cuts a file."""
+        return windows.cut_windows(self.bundle, wave)
 
-    def result(self, windows: Windows, probabilities: np.ndarray) -> dict:
-        """The file-level answer for one waveform from its windows' probabilities: the mean over
-        the windows that are not silent (all windows when every one is silent); per-window rows
-        when there is more than one window."""
-        labels = self.bundle.labels
-        everything = list(range(len(windows.silent)))
-        keep = [i for i in everything if not windows.silent[i]] or everything
-        mean = probabilities[keep].mean(axis=0)
-        answer = {"emotion": labels[int(mean.argmax())],
-                  "probabilities": dict(zip(labels, map(float, mean), strict=True)),
-                  "windows_used": len(keep)}
-        if len(windows.starts) > 1:
-            answer["windows"] = [
-                {"start_s": round(start, 3), "end_s": round(start + self.duration, 3),
-                 "silent": silent, "emotion": labels[int(row.argmax())],
-                 "probabilities": dict(zip(labels, map(float, row), strict=True))}
-                for start, silent, row in zip(windows.starts, windows.silent, probabilities,
-                                              strict=True)]
-        if all(windows.silent):
-            answer["warning"] = "every window is silent; the prediction is not meaningful"
-        return answer
-
-    def predict_waves(self, waves: Sequence[np.ndarray]) -> list[dict]:
-        """Answers for whole waveforms (mono, at the bundle's rate), one model call per
-        ``max_rows`` windows. The micro-batcher calls the pieces (windows, probabilities,
-        result) separately to merge requests; this is the same computation, unbatched."""
-        cut = [self.windows(w) for w in waves]
-        rows = np.concatenate([c.rows for c in cut])
-        probs = np.concatenate([self.probabilities(rows[i:i + self.max_rows])
-                                for i in range(0, len(rows), self.max_rows)])
-        answers, first = [], 0
-        for c in cut:
-            answers.append(self.result(c, probs[first:first + len(c.starts)]))
-            first += len(c.starts)
-        return answers
+    def answer(self, cut: windows.Cut, probabilities: np.ndarray) -> dict:
+        """The JSON answer: predict's file row (emotion, probabilities, speech, counts), its
+        window rows under ``window_rows``; no ``path`` (an upload has none)."""
+        *window_rows, file_row = [{k: v for k, v in row.items() if k != "path"} for row in
+                                  windows.file_prediction(cut, probabilities,
+                                                          self.bundle.labels).rows()]
+        return {**file_row, "window_rows": window_rows}

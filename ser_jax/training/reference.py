@@ -21,6 +21,7 @@ from absl import logging
 
 from ser_jax.core.files import write_json_atomic
 from ser_jax.data import audio, store
+from ser_jax.data.quality import QUALITY_DEFINITIONS, quality_flags
 from ser_jax.features.extractor import FEATURE_NAMES
 from ser_jax.features.scaler import Scaler
 from ser_jax.inference import bundle as bundle_lib
@@ -29,36 +30,17 @@ from ser_jax.models import registry
 REFERENCE_FILE = "monitor_reference.json"
 VERSION = 1
 PSI_BINS = 10  # quantile bins per feature
-SILENT_RMS = 1e-3  # window RMS below this: silent (full scale 1.0)
-CLIP_LEVEL = 0.999  # |sample| at or above this counts as clipped
-CLIPPED_SHARE = 0.001  # a clip is clipped when at least this share of its window is
-QUALITY_DEFINITIONS = {
-    "silent": f"RMS of the training window below {SILENT_RMS}",
-    "clipped": f"at least {CLIPPED_SHARE:.1%} of the window's samples at |x| >= {CLIP_LEVEL}",
-    "too_short": "the file ends before the training window does (offset + duration), so the "
-                 "window is zero-padded",
-}
-
-
-def quality_flags(waves: np.ndarray, seconds: Sequence[float],
-                  data: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
-    """Per-clip booleans (silent, clipped, too_short) for training windows ``waves`` (N, T)
-    and the files' lengths in seconds."""
-    waves = np.asarray(waves, np.float64)
-    rms = np.sqrt(np.mean(waves ** 2, axis=1))
-    clipped = np.mean(np.abs(waves) >= CLIP_LEVEL, axis=1) >= CLIPPED_SHARE
-    short = np.asarray(seconds) < data.offset + data.duration - 1e-9
-    return {"silent": rms < SILENT_RMS, "clipped": clipped, "too_short": short}
 
 
 def load_audio(paths: Sequence[str | Path], data: ml_collections.ConfigDict
                ) -> tuple[np.ndarray, list[int], list[tuple[str, str]], dict[str, np.ndarray]]:
-    """Training windows of ``paths`` (as audio.load_clips) and their quality flags."""
+    """Training windows of ``paths`` (as audio.load_clips) and their quality flags
+    (data.quality)."""
     waves, loaded, rejects = audio.load_clips(
         [str(p) for p in paths], sample_rate=data.sample_rate, offset=data.offset,
         duration=data.duration, placement=data.get("placement", "offset"))
     seconds = [sf.info(str(paths[i])).duration for i in loaded]
-    return waves, loaded, rejects, quality_flags(waves, seconds, data)
+    return waves, loaded, rejects, quality_flags(waves, seconds, data.offset + data.duration)
 
 
 def quality_rates(flags: dict[str, np.ndarray]) -> dict:
