@@ -6,10 +6,12 @@ from typing import Any
 import flax
 import orbax.checkpoint as ocp
 
+from ser_jax.core.errors import DataError
+
 _IMPROVED = "improved_at"
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(DataError, ValueError):
     """A checkpoint that was made for another model or data shape."""
 
 

@@ -85,7 +85,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
         history = progress["history"]
         logging.info("resumed after epoch %d from %s", len(history), workdir / "checkpoints")
     chief = jax.process_index() == 0  # the one process that writes logs and the bundle
-    log = MetricsLog(workdir, history) if chief else None
+    log = MetricsLog(workdir, history, config.train.epochs) if chief else None
 
     epoch = len(history)
     while epoch < config.train.epochs and not (history and stopper.should_stop(epoch - 1)):
@@ -117,16 +117,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     manager.wait_until_finished()
     manager.close()
     if log:
-        log.close()
+        log.close(stopper.best_epoch + 1)
 
     params, batch_stats = best
     result = {"best_epoch": stopper.best_epoch + 1, "epochs_run": len(history),
               **{name: to_host(evaluate(params, batch_stats, name)) for name in eval_data}}
     if chief:
         bundle.save(workdir / "bundle", config, params, batch_stats, features_dir)
-        write_json_atomic(workdir / "train_result.json", result)
+        write_json_atomic(workdir / "train_result.json", {**result, **made_with_record(
+            config, features_dir)})
     logging.info("best epoch %d: val %s", result["best_epoch"], result["val"])
     return result
+
+
+def made_with_record(config: ml_collections.ConfigDict, features_dir: Path) -> dict:
+    """What train_result.json records beside the metrics: the features and the config."""
+    return {"made_with": {**bundle.features_provenance(features_dir),
+                          "config": config.to_dict()}}
 
 
 def train_ensemble(config: ml_collections.ConfigDict, workdir: Path, features_dir: Path) -> dict:
@@ -159,6 +166,7 @@ def train_ensemble(config: ml_collections.ConfigDict, workdir: Path, features_di
               "epochs_run": [m["epochs_run"] for m in members], **scores, "members": members}
     if jax.process_index() == 0:
         bundle.save(workdir / "bundle", config, params, batch_stats, features_dir)
-        write_json_atomic(workdir / "train_result.json", result)
+        write_json_atomic(workdir / "train_result.json", {**result, **made_with_record(
+            config, features_dir)})
     logging.info("ensemble of %d members: val %s", len(members), result["val"])
     return result
