@@ -9,7 +9,6 @@ stage has finished, so it always describes the outputs there. Mistakes end in on
 (``ser-jax: error: ...``, exit 2 for usage, 1 for data); ``--verbose`` adds the traceback.
 """
 
-import logging as std_logging
 import os
 from pathlib import Path
 
@@ -27,7 +26,6 @@ from ser_jax.training import loop
 from ser_jax.training.validation import validate_config
 
 FLAGS = flags.FLAGS
-_PACKAGE_DIR = str(Path(__file__).resolve().parent)
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for features, checkpoints, logs and reports.")
 flags.DEFINE_enum("stage", "all", ["features", "train", "evaluate", "all", "cv"], "What to run.")
@@ -39,11 +37,6 @@ def _maybe_initialize_distributed() -> None:
     if any(os.environ.get(name) for name in ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES",
                                               "MEGASCALE_COORDINATOR_ADDRESS")):
         jax.distributed.initialize()
-
-
-def _only_our_info_messages(record: std_logging.LogRecord) -> bool:
-    """Keeps ser_jax's INFO lines and everyone's warnings (Orbax logs every file it writes)."""
-    return record.levelno >= std_logging.WARNING or record.pathname.startswith(_PACKAGE_DIR)
 
 
 def load_config() -> ml_collections.ConfigDict:
@@ -76,7 +69,6 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise UsageError(f"unexpected arguments: {' '.join(argv[1:])} — flags look like "
                          "--stage=train; see --helpshort")
-    logging.get_absl_handler().addFilter(_only_our_info_messages)
     config = load_config()
     workdir = check_workdir(FLAGS.workdir)
     validate_config(config, FLAGS.stage)  # before anything is written

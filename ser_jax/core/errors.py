@@ -10,15 +10,18 @@ keeps its traceback.
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
-from absl import app, flags
+from absl import app, flags, logging
 
 PROGRAM = "ser-jax"
+_PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
 VERBOSE_ENV = "SER_JAX_VERBOSE"
 
 
@@ -69,16 +72,26 @@ def run_cli(main: Callable[[list[str]], object], argv: Sequence[str] | None = No
     :func:`verbose`."""
 
     def guarded_main(args: list[str]) -> object:
+        logging.get_absl_handler().addFilter(_only_our_info_messages)
         try:
             return main(args)
         except SerJaxError as error:
             _exit(error, error.exit_code)
         except app.UsageError as error:  # absl's own, raised by main for bad arguments
             _exit(UsageError(str(error)), 2)
+        except KeyboardInterrupt:
+            _exit(SerJaxError("interrupted — finished stages and checkpoints are kept; rerun "
+                              "the same command to continue"), 130)
         return None
 
     app.run(guarded_main, argv=list(argv) if argv is not None else None,
             flags_parser=_parse_flags)
+
+
+def _only_our_info_messages(record: std_logging.LogRecord) -> bool:
+    """Keeps ser_jax's INFO lines and everyone's warnings (JAX logs its backend search at INFO,
+    Orbax every file it writes)."""
+    return record.levelno >= std_logging.WARNING or record.pathname.startswith(_PACKAGE_DIR)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

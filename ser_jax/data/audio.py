@@ -93,6 +93,8 @@ def load_clip(
     With ``quality`` the window also passes its gates (AudioError when one rejects it); the
     flags of a clip that is kept anyway (clipped, short) are appended to ``notes``."""
     path = Path(path)
+    if path.is_dir():
+        raise AudioError(path, "is a directory, not an audio file")
     try:
         if path.stat().st_size == 0:
             raise AudioError(path, "empty file (0 bytes)")

@@ -49,6 +49,18 @@ def make_frame(features: np.ndarray, clips: Sequence[Clip], augmentation: str) -
     return pd.concat([df, pd.DataFrame(meta, dtype=str)], axis=1)
 
 
+def num_rows(path: str | Path) -> int:
+    """Rows of a split's Parquet file (0 when it does not exist); DatasetError when unreadable."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    try:
+        return pq.read_metadata(path).num_rows
+    except (OSError, pa.ArrowException) as e:
+        raise DatasetError(f"{path}: not a readable Parquet file ({e}); rerun the features "
+                           "stage to rebuild it.") from e
+
+
 def load_split(path: str | Path, labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Reads and validates a split: (features float32 (N, 270), label ids int32 (N,))."""
     path = Path(path)

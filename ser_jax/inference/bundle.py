@@ -63,7 +63,7 @@ class Bundle:
         data = self.config.data
         waves, loaded, rejects = audio.load_clips(
             [str(p) for p in paths], sample_rate=data.sample_rate, offset=data.offset,
-            duration=data.duration)
+            duration=data.duration, quality=audio.Quality.from_config(data.get("quality")))
         results = [{"path": path, "error": reason} for path, reason in rejects]
         if loaded:
             for index, row in zip(loaded, self.probabilities(self.inputs(waves)), strict=True):

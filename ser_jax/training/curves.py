@@ -7,6 +7,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 CURVES_FILE = "training_curves.png"
 
@@ -32,6 +33,7 @@ def plot_curves(history: list[dict], best_epoch: int | None) -> bytes:
                      va="top", fontsize=8, color="gray")
     for ax in axes:
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     figure.tight_layout()
     buffer = BytesIO()
     figure.savefig(buffer, format="png")

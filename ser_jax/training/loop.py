@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import pyarrow.parquet as pq
 from absl import logging
 
 from ser_jax.core.files import write_json_atomic
@@ -41,7 +40,7 @@ def load_splits(features_dir: Path, inputs: str = "clip", with_train: bool = Tru
     labels = labels_file.read_labels(features_dir)
     names = ["train", "val"] if with_train else ["val"]
     test_path = features_dir / "test.parquet"
-    if test_path.exists() and pq.read_metadata(test_path).num_rows:
+    if store.num_rows(test_path):
         names.append("test")
     return labels, {name: SplitArrays(*store.load_inputs(features_dir, name, labels, inputs))
                     for name in names}
