@@ -48,10 +48,6 @@ class DataError(SerJaxError):
     exit_code = 1
 
 
-flags.DEFINE_bool("verbose", False,
-                  f"Show the traceback of ser-jax errors (or set {VERBOSE_ENV}=1).")
-
-
 def verbose() -> bool:
     """True when ``--verbose`` was given or ``SER_JAX_VERBOSE`` is set to a true value."""
     if os.environ.get(VERBOSE_ENV, "").strip().lower() not in ("", "0", "false", "no"):
@@ -84,6 +80,9 @@ def run_cli(main: Callable[[list[str]], object], argv: Sequence[str] | None = No
                               "the same command to continue"), 130)
         return None
 
+    if "verbose" not in flags.FLAGS:
+        flags.DEFINE_bool("verbose", False,
+                          f"Show the traceback of ser-jax errors (or set {VERBOSE_ENV}=1).")
     app.run(guarded_main, argv=list(argv) if argv is not None else None,
             flags_parser=_parse_flags)
 
