@@ -37,7 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
     data.augment.shift_seconds = 0.2
     # Audio quality gates at load time (counted with reasons in features/manifest.json).
     data.quality = ml_collections.ConfigDict()
-    data.quality.min_rms_dbfs = -60.0  # window RMS below this: silent, rejected
+    data.quality.min_rms_dbfs = -70.0  # window RMS below this: silent (RAVDESS's quietest: -62.6)
     data.quality.max_clipped_fraction = 0.01  # more samples than this at full scale: clipped
     data.quality.clipping = 'keep'  # clipped clips: 'keep' (flagged) or 'reject'
     data.quality.short = 'pad'  # clips shorter than offset + duration: 'pad' (flagged) or 'reject'

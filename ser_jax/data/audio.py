@@ -34,7 +34,7 @@ class Quality:
     """Audio quality gates (config.data.quality): silent clips are rejected; clipped clips
     and clips shorter than the window are flagged, or rejected when the action says so."""
 
-    min_rms_dbfs: float = -60.0  # RMS of the window below this: silent, rejected
+    min_rms_dbfs: float = -70.0  # RMS of the window below this: silent, rejected
     max_clipped_fraction: float = 0.01  # more samples than this at full scale: clipped
     clipping: str = "keep"  # what to do with a clipped clip: keep (flagged) or reject
     short: str = "pad"  # a clip shorter than offset + duration: pad with zeros (flagged), reject

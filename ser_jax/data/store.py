@@ -100,9 +100,16 @@ def load_split(path: str | Path, labels: Sequence[str]) -> tuple[np.ndarray, np.
             f"{int(np.isinf(x[:, c]).sum())} inf)" for c in cols[:10]
         )
         more = f" and {len(cols) - 10} more column(s)" if len(cols) > 10 else ""
+        rows = np.flatnonzero(bad.any(axis=1))
+        clips = ""
+        if "path" in schema.names:
+            names = pq.read_table(path, columns=["path"]).column("path").to_pylist()
+            clips = f", clips: {', '.join(str(names[r]) for r in rows[:3])}" + (
+                f" and {len(rows) - 3} more" if len(rows) > 3 else "")
         raise DatasetError(
-            f"{path}: non-finite features in {int(bad.any(axis=1).sum())} of {len(x)} rows, "
-            f"columns: {detail}{more}. Check the listed clips' audio (silent/corrupt) and {rerun}."
+            f"{path}: non-finite features in {len(rows)} of {len(x)} rows, "
+            f"columns: {detail}{more}{clips}. Check those clips' audio (silent/corrupt) and "
+            f"{rerun}."
         )
     names = [str(v) for v in table.column("label").to_pylist()]
     index = {name: i for i, name in enumerate(labels)}

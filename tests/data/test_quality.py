@@ -43,7 +43,7 @@ def test_gates_reject_silence_flag_clipping_and_short_clips(tmp_path):
     assert ok == [0, 3, 4] and waves.shape == (3, round(2.5 * SR))
     assert [(Path(p).name, r.split(":")[0]) for p, r in rejects] == [
         ("silent.wav", "silent"), ("hiss.wav", "silent")]
-    assert "RMS -inf dBFS is below data.quality.min_rms_dbfs=-60" in rejects[0][1]
+    assert "RMS -inf dBFS is below data.quality.min_rms_dbfs=-70" in rejects[0][1]
     assert [(Path(p).name, r.split(":")[0]) for p, r in flagged] == [
         ("clipped.wav", "clipped"), ("short.wav", "short")]
     assert flagged[1][1].endswith("zero-padded")
