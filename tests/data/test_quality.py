@@ -84,5 +84,6 @@ def test_a_split_without_a_class_the_others_have_is_an_error():
     items = clips({label: 4 for label in EMOTIONS})
     val = [i for i, c in enumerate(items) if c.emotion != "sad" and c.path.endswith("_0.wav")]
     splits = {"train": [i for i in range(len(items)) if i not in val], "val": val, "test": []}
-    with pytest.raises(DatasetError, match="the val split has no clips of sad, which the other splits have"):
+    with pytest.raises(DatasetError,
+                       match="the val split has no clips of sad, which the other splits have"):
         check_class_balance(items, splits, EMOTIONS, 0.25)
