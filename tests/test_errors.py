@@ -183,6 +183,10 @@ def test_damaged_features_are_repaired_and_a_run_says_where_everything_is(tmp_pa
     assert made_with["features_fingerprint"] == fingerprint
     assert not list(workdir.rglob("*.tmp")) and not list(workdir.glob(".*"))
 
+    # A checkpoint of another model: one line naming the field that differs.
+    assert_one_line(main(*base, "--stage=train", "--config.model.filters=8"), 1,
+                    "model.filters: checkpoint 64, now 8", "use a new --workdir")
+
     # Predict: the silent clip is refused with its reason, a good one classified; a folder
     # that is not a bundle is one line.
     done = run("ser_jax.predict", f"--bundle={workdir / 'bundle'}", str(silent),
