@@ -38,6 +38,14 @@ def get_config() -> ml_collections.ConfigDict:
     data.augment.pitch_semitones = 3.0
     data.augment.stretch_rate = 0.8
     data.augment.shift_seconds = 0.2
+    # Audio quality gates at load time (counted with reasons in features/manifest.json).
+    data.quality = ml_collections.ConfigDict()
+    data.quality.min_rms_dbfs = -70.0  # window RMS below this: silent (RAVDESS's quietest: -62.6)
+    data.quality.max_clipped_fraction = 0.01  # more samples than this at full scale: clipped
+    data.quality.clipping = 'keep'  # clipped clips: 'keep' (flagged) or 'reject'
+    data.quality.short = 'pad'  # clips shorter than offset + duration: 'pad' (flagged) or 'reject'
+    # A class with fewer clips than this share of the largest class is a warning in the summary.
+    data.quality.min_class_share = 0.25
     data.split = ml_collections.ConfigDict()
     data.split.mode = 'speaker'  # 'speaker' (speaker-independent) or 'file' (stratified by class)
     data.split.val_fraction = 0.15

@@ -8,6 +8,7 @@ import sys
 
 from absl import app, flags
 
+from ser_jax.core.errors import run_cli
 from ser_jax.monitoring import drift
 from ser_jax.monitoring import run as monitoring
 
@@ -47,7 +48,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console-script entry point."""
-    app.run(main)
+    run_cli(main)
 
 
 if __name__ == "__main__":

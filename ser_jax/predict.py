@@ -8,16 +8,18 @@ an error row when the file cannot be decoded. Rows go to stdout as JSON lines, o
 ``--output=FILE.csv|FILE.jsonl``. Folders are searched recursively for audio files.
 
 Exit status: the number of files that failed (missing, undecodable), capped at 125; 0 when
-every file was predicted. Bad flags or an unreadable bundle stop before any file is read
-(absl's status 1 with a message on stderr, or a traceback naming the bundle).
+every file was predicted. Bad flags (exit 2) or an unusable bundle (exit 1) stop before any
+file is read, with one line on stderr (``ser-jax: error: ...``; ``--verbose`` adds the
+traceback).
 """
 
 import contextlib
 import sys
 
-from absl import app, flags
+from absl import flags
 from tqdm import tqdm
 
+from ser_jax.core.errors import UsageError, run_cli
 from ser_jax.data.quality import SILENCE_DB
 from ser_jax.inference import bundle, cli, windows
 
@@ -33,15 +35,16 @@ FLAGS = flags.FLAGS
 
 def main(argv: list[str]) -> None:
     if len(argv) < 2:
-        raise app.UsageError("give one or more audio files or folders after the flags")
+        raise UsageError("no audio files given — list files or folders after the flags, e.g. "
+                         "python -m ser_jax.predict --bundle=WORKDIR/bundle clip.wav")
     fmt = "jsonl"
     if FLAGS.output:
         try:
             fmt = cli.output_format(FLAGS.output)
         except ValueError as e:
-            raise app.UsageError(str(e)) from e
+            raise UsageError(str(e)) from e
     if FLAGS.hop is not None and FLAGS.hop <= 0:
-        raise app.UsageError(f"--hop={FLAGS.hop}: give a positive number of seconds")
+        raise UsageError(f"--hop={FLAGS.hop}: give a positive number of seconds")
     model = bundle.load(FLAGS.bundle)
     files, missing = cli.expand_paths(argv[1:])
     failed = len(missing)
@@ -66,7 +69,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """The ser-jax-predict console script."""
-    app.run(main)
+    run_cli(main)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ See ser_jax/serving/app.py.
 import uvicorn
 from absl import app, flags
 
+from ser_jax.core.errors import run_cli
 from ser_jax.serving.app import Settings, create_app
 
 flags.DEFINE_string("bundle", None, "Inference bundle folder (WORKDIR/bundle).")
@@ -35,7 +36,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console-script entry point."""
-    app.run(main)
+    run_cli(main)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@
 import json
 from pathlib import Path
 
+from ser_jax.core.errors import DataError
 
-class DatasetError(ValueError):
+
+class DatasetError(DataError, ValueError):
     """Bad split request or bad feature file; the message names the file/value and what to do."""
 
 

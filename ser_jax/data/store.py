@@ -49,6 +49,18 @@ def make_frame(features: np.ndarray, clips: Sequence[Clip], augmentation: str) -
     return pd.concat([df, pd.DataFrame(meta, dtype=str)], axis=1)
 
 
+def num_rows(path: str | Path) -> int:
+    """Rows of a split's Parquet file (0 when it does not exist); DatasetError when unreadable."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    try:
+        return pq.read_metadata(path).num_rows
+    except (OSError, pa.ArrowException) as e:
+        raise DatasetError(f"{path}: not a readable Parquet file ({e}); rerun the features "
+                           "stage to rebuild it.") from e
+
+
 def load_split(path: str | Path, labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Reads and validates a split: (features float32 (N, 270), label ids int32 (N,))."""
     path = Path(path)
@@ -88,9 +100,16 @@ def load_split(path: str | Path, labels: Sequence[str]) -> tuple[np.ndarray, np.
             f"{int(np.isinf(x[:, c]).sum())} inf)" for c in cols[:10]
         )
         more = f" and {len(cols) - 10} more column(s)" if len(cols) > 10 else ""
+        rows = np.flatnonzero(bad.any(axis=1))
+        clips = ""
+        if "path" in schema.names:
+            names = pq.read_table(path, columns=["path"]).column("path").to_pylist()
+            clips = f", clips: {', '.join(str(names[r]) for r in rows[:3])}" + (
+                f" and {len(rows) - 3} more" if len(rows) > 3 else "")
         raise DatasetError(
-            f"{path}: non-finite features in {int(bad.any(axis=1).sum())} of {len(x)} rows, "
-            f"columns: {detail}{more}. Check the listed clips' audio (silent/corrupt) and {rerun}."
+            f"{path}: non-finite features in {len(rows)} of {len(x)} rows, "
+            f"columns: {detail}{more}{clips}. Check those clips' audio (silent/corrupt) and "
+            f"{rerun}."
         )
     names = [str(v) for v in table.column("label").to_pylist()]
     index = {name: i for i, name in enumerate(labels)}

@@ -20,6 +20,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ser_jax.core.files import atomic_directory
 from ser_jax.data.corpora import EMOTIONS
+from ser_jax.data.errors import DatasetError
 
 CLIP_SECONDS = 3.2
 VERSION = "1"
@@ -206,7 +207,8 @@ def write_synthetic_corpus(
     if out_dir.exists() and any(out_dir.iterdir()):
         marker = out_dir / "README.txt"
         if not (marker.is_file() and marker.read_text().startswith("ser-jax synthetic")):
-            raise ValueError(f"{out_dir} exists and is not a synthetic corpus; not overwriting")
+            raise DatasetError(f"{out_dir} exists and is not a synthetic corpus; not "
+                               "overwriting it — move it away or choose another --workdir")
     speaker_params = {s: _speaker(seed, s) for s in range(1, speakers + 1)}
 
     def write_clip(tmp: Path, clip: tuple[int, int, int]) -> None:

@@ -4,7 +4,6 @@ matrix, per-row predictions)."""
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 
 from ser_jax.core.files import write_bytes_atomic, write_json_atomic
 from ser_jax.data import store
@@ -28,7 +27,7 @@ def evaluate(workdir: str | Path, features_dir: str | Path | None = None,
     workdir = Path(workdir)
     features_dir = Path(features_dir) if features_dir else workdir / "features"
     path = features_dir / f"{split}.parquet"
-    if split == "test" and (not path.exists() or pq.read_metadata(path).num_rows == 0):
+    if split == "test" and store.num_rows(path) == 0:
         split, path = "val", features_dir / "val.parquet"
     model = bundle.load(workdir / "bundle")
     x, y = store.load_inputs(features_dir, split, model.labels,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import time
 from collections import Counter
@@ -14,10 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from absl import logging
 
 from ser_jax.core.files import atomic_directory, write_json_atomic
 from ser_jax.data import corpora, store
+from ser_jax.data.errors import DatasetError
 from ser_jax.data.labels import write_labels
 from ser_jax.data.splits import SPLITS
 from ser_jax.features import extractor as features
@@ -71,7 +75,19 @@ def read_clip_cache(cache_dir: Path, fingerprint: str,
     except (OSError, ValueError, KeyError, TypeError):
         return None
     paths = [c.path for c in clips]
+    checksums = manifest.get("checksums", {})
     for kind in manifest.get("kinds", []):
+        names = [f"{kind}.parquet"] + ([f"{kind}.{store.SEQUENCES_SUFFIX}"]
+                                       if with_sequences else [])
+        try:
+            changed = [name for name in names
+                       if name in checksums and _sha256(cache_dir / name) != checksums[name]]
+        except OSError:
+            changed = names
+        if changed:
+            logging.warning("features: cached %s in %s changed since it was written (checksum "
+                            "differs); extracting it again", ", ".join(changed), cache_dir)
+            continue
         try:
             frame = pd.read_parquet(cache_dir / f"{kind}.parquet")
             if frame["path"].tolist() != paths:
@@ -109,21 +125,61 @@ def write_clip_cache(cache_dir: Path, result: ClipFeatures, seconds: float) -> N
                                          staging / f"{kind}.parquet")
         for kind, seq in result.sequences.items():  # raw dB values, float16 (0.03 dB steps)
             store.write_sequences_atomic(seq, staging / f"{kind}.{store.SEQUENCES_SUFFIX}")
+        manifest["checksums"] = file_checksums(staging)
         write_json_atomic(staging / "manifest.json", manifest)
 
 
-def reusable(out_dir: Path, fingerprint: str, with_sequences: bool) -> bool:
-    needed = [out_dir / name for name in OUTPUT_FILES]
-    if with_sequences:
-        needed += [out_dir / SEQUENCE_SCALER_FILE,
-                   *(store.sequence_path(out_dir, split) for split in SPLITS)]
-    if not all(path.is_file() for path in needed):
-        return False
+def file_checksums(directory: Path) -> dict[str, str]:
+    """The sha256 of every file in ``directory`` except manifest.json, by name."""
+    return {path.name: _sha256(path) for path in sorted(directory.iterdir())
+            if path.is_file() and path.name != "manifest.json"}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_reuse(out_dir: Path, fingerprint: str, with_sequences: bool) -> str | None:
+    """None when out_dir holds a features output of these inputs whose files are intact;
+    otherwise why not: "" when there is none of these inputs (absent, stale, other settings),
+    else what is damaged (a file missing, changed since written, unreadable, with row counts
+    other than the manifest's or non-finite values)."""
     try:
         manifest = json.loads((out_dir / "manifest.json").read_text())
     except (OSError, json.JSONDecodeError):
-        return False
-    return isinstance(manifest, dict) and manifest.get("fingerprint") == fingerprint
+        return ""
+    if not isinstance(manifest, dict) or manifest.get("fingerprint") != fingerprint:
+        return ""
+    needed = list(OUTPUT_FILES)
+    if with_sequences:
+        needed += [SEQUENCE_SCALER_FILE, *(store.sequence_path("", s).name for s in SPLITS)]
+    missing = [name for name in needed if not (out_dir / name).is_file()]
+    if missing:
+        return f"{', '.join(missing)} missing"
+    recorded = manifest.get("checksums", {})
+    for name in needed:
+        if name in recorded and _sha256(out_dir / name) != recorded[name]:
+            return f"{name} changed since it was written (checksum differs from manifest.json)"
+    labels = manifest.get("labels", [])
+    for split in SPLITS:
+        path = out_dir / f"{split}.parquet"
+        try:
+            rows = pq.read_metadata(path).num_rows
+        except (OSError, pa.ArrowException) as error:
+            return f"{path.name} is not a readable Parquet file ({error})"
+        expected = manifest.get("counts", {}).get("rows", {}).get(split)
+        if expected is not None and rows != expected:
+            return f"{path.name} has {rows} rows, manifest.json says {expected}"
+        if rows:
+            try:
+                store.load_split(path, labels)  # schema, numeric and finite values, labels
+            except DatasetError as error:
+                return str(error).split(";")[0].split(". ")[0]
+    return None
 
 
 def split_counts(frames: dict[str, list[pd.DataFrame]], labels: Sequence[str]) -> dict:
@@ -160,6 +216,7 @@ def write_feature_dir(out_dir: Path, frames: dict[str, list[pd.DataFrame]], labe
         scaler.save(staging / SCALER_FILE)
         manifest["timings"]["write_s"] = time.perf_counter() - tick
         manifest["timings"]["total_s"] = time.perf_counter() - started
+        manifest["checksums"] = file_checksums(staging)
         write_json_atomic(staging / "manifest.json", manifest)
 
 
@@ -184,13 +241,17 @@ def print_summary(out_dir: Path, manifest: dict) -> None:
         ("speakers", [len(counts["speakers"][s]) for s in SPLITS]),
     ):
         lines.append(f"{name:<10}" + "".join(f"{v:>8}" for v in values))
+    quality = manifest.get("quality", {})
+    flagged = quality.get("flagged", {"count": 0, "items": []})
     for title, key, items in (
         ("rejected (unusable audio)", "items", manifest["rejects"]),
+        ("flagged (kept: clipped or short audio)", "items", flagged),
         ("skipped (unrecognized names)", "examples", manifest["skipped"]),
     ):
         lines.append(f"{title}: {items['count']}")
         lines += [f"  {e['path']}: {e['reason']}" for e in items[key][:5]]
         if items["count"] > 5:
             lines.append(f"  ... {items['count'] - 5} more in manifest.json")
+    lines += [f"warning: {warning}" for warning in quality.get("warnings", [])]
     print("\n".join(lines), flush=True)
 

@@ -63,15 +63,20 @@ def prepare_features(config: ml_collections.ConfigDict, out_dir: str | Path) -> 
     spec, is_synthetic = _corpus_spec(data, out_dir.absolute().parent)
     scan = corpora.scan_corpora(spec, keep_boredom=data.keep_boredom)
     fingerprint = _fingerprint(config, scan)
-    if feature_dir.reusable(out_dir, fingerprint, data.sequences):
-        logging.info("features: reusing %s (same inputs, data config and extractor)", out_dir)
+    damage = feature_dir.verify_reuse(out_dir, fingerprint, data.sequences)
+    if damage is None:
+        logging.info("features: reusing %s (same inputs, data config and extractor; files "
+                     "verified)", out_dir)
         return out_dir
+    if damage:  # an output of the same inputs whose files do not hold what it recorded
+        logging.warning("features: %s is damaged (%s); rebuilding it", out_dir, damage)
     recipe = parse_recipe(data.augment.recipe)
     _require_clips(scan, spec)
     timings["scan_s"] = time.perf_counter() - started
 
     tick = time.perf_counter()
-    waves, clips, rejects = _load_audio(scan, data)
+    flagged: list[tuple[str, str]] = []
+    waves, clips, rejects = _load_audio(scan, data, flagged)
     timings["load_audio_s"] = time.perf_counter() - tick
 
     splits = split_clips(
@@ -79,6 +84,8 @@ def prepare_features(config: ml_collections.ConfigDict, out_dir: str | Path) -> 
         test_fraction=data.split.test_fraction, val_speakers=parse_list(data.split.val_speakers),
         test_speakers=parse_list(data.split.test_speakers), seed=config.seed,
     )
+    class_warnings = check_class_balance(clips, splits, label_names(data),
+                                         data.quality.min_class_share)
     tick = time.perf_counter()
     parts = _extract_all(waves, splits, recipe, config, rejects, clips)
     timings["extract_s"] = time.perf_counter() - tick
@@ -98,6 +105,11 @@ def prepare_features(config: ml_collections.ConfigDict, out_dir: str | Path) -> 
         "counts": feature_dir.split_counts(frames, labels),
         "rejects": {"count": len(rejects), "items": [{"path": p, "reason": r}
                                                      for p, r in rejects]},
+        "quality": {"gates": dataclasses.asdict(audio.Quality.from_config(data.quality)),
+                    "rejected": _reason_counts(rejects), "flagged": {
+                        "count": len(flagged), "by_reason": _reason_counts(flagged),
+                        "items": [{"path": p, "reason": r} for p, r in flagged]},
+                    "warnings": class_warnings},
         "skipped": {"count": len(scan.skipped), "examples": [
             {"path": p, "reason": r} for p, r in scan.skipped[:MAX_EXAMPLES]]},
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -214,12 +226,53 @@ def _require_clips(scan: corpora.CorpusScan, spec: str) -> None:
         )
 
 
-def _load_audio(scan: corpora.CorpusScan, data: ml_collections.ConfigDict
+def _reason_counts(items: Sequence[tuple[str, str]]) -> dict[str, int]:
+    """How many clips each kind of reason (the text before its first colon) covers."""
+    counts: dict[str, int] = {}
+    for _, reason in items:
+        for part in reason.split("; "):
+            kind = part.split(":", 1)[0]
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def check_class_balance(clips: Sequence[corpora.Clip], splits: dict[str, list[int]],
+                        labels: Sequence[str], min_share: float) -> list[str]:
+    """Warnings for classes with no clips or fewer than ``min_share`` of the largest class;
+    DatasetError when a non-empty split lacks a class that another split has."""
+    counts = {split: {label: 0 for label in labels} for split in splits}
+    for split, indices in splits.items():
+        for i in indices:
+            counts[split][clips[i].emotion] = counts[split].get(clips[i].emotion, 0) + 1
+    totals = {label: sum(counts[split][label] for split in splits) for label in labels}
+    for split, indices in splits.items():
+        missing = [label for label in labels if indices and totals[label]
+                   and not counts[split][label]]
+        if missing:
+            raise DatasetError(
+                f"the {split} split has no clips of {', '.join(missing)}, which the other "
+                "splits have — give it more speakers (data.split.*_fraction or *_speakers) "
+                "or use --config.data.split.mode=file")
+    largest = max(totals.values(), default=0)
+    warnings = [f"class {label} has no clips in the corpus" for label in labels
+                if not totals[label]]
+    warnings += [f"class {label} has {totals[label]} clips, under {min_share:.0%} of the "
+                 f"largest class ({largest})" for label in labels
+                 if 0 < totals[label] < min_share * largest]
+    for warning in warnings:
+        logging.warning("features: %s", warning)
+    return warnings
+
+
+def _load_audio(scan: corpora.CorpusScan, data: ml_collections.ConfigDict,
+                flagged: list[tuple[str, str]] | None = None,
                 ) -> tuple[np.ndarray, list[corpora.Clip], list[tuple[str, str]]]:
-    """(waves (N, T), the N clips that loaded, rejects); raises when none loaded."""
+    """(waves (N, T), the N clips that loaded, rejects); raises when none loaded. The clips
+    kept with a quality flag are appended to ``flagged``."""
     waves, loaded, rejects = audio.load_clips(
         [c.path for c in scan.clips], sample_rate=data.sample_rate, offset=data.offset,
         duration=data.duration, placement=data.get("placement", "offset"),
+        quality=audio.Quality.from_config(data.get("quality")), flagged=flagged,
     )
     clips = [scan.clips[i] for i in loaded]
     if not clips:

@@ -1,7 +1,8 @@
 """The inference bundle: everything needed to predict emotions on new audio, nothing else.
 
 A bundle folder holds ``variables.msgpack`` (parameters and batch statistics), ``config.json``
-(the training config), ``labels.json`` (label order), ``scaler.json`` (clip-feature scaling) and,
+(the training config), ``made_with.json`` (the features it was trained on: fingerprint,
+folder), ``labels.json`` (label order), ``scaler.json`` (clip-feature scaling) and,
 for a model that reads frame sequences, ``sequence_scaler.json`` (per-band scaling).
 """
 
@@ -18,12 +19,20 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from ser_jax.core.errors import DataError
 from ser_jax.core.files import atomic_directory, write_json_atomic
 from ser_jax.data import audio
 from ser_jax.data.labels import read_labels
 from ser_jax.features import extractor as features
 from ser_jax.features.scaler import SEQUENCE_SCALER_FILE, Scaler
 from ser_jax.models import registry
+
+
+class BundleError(DataError, FileNotFoundError):
+    """A folder that is not a complete, readable inference bundle."""
+
+
+MADE_WITH_FILE = "made_with.json"  # the features the bundle's model was trained on
 
 
 @dataclasses.dataclass
@@ -54,7 +63,8 @@ class Bundle:
         data = self.config.data
         waves, loaded, rejects = audio.load_clips(
             [str(p) for p in paths], sample_rate=data.sample_rate, offset=data.offset,
-            duration=data.duration, placement=data.get("placement", "offset"))
+            duration=data.duration, placement=data.get("placement", "offset"),
+            quality=audio.Quality.from_config(data.get("quality")))
         results = [{"path": path, "error": reason} for path, reason in rejects]
         if loaded:
             for index, row in zip(loaded, self.probabilities(self.inputs(waves)), strict=True):
@@ -93,8 +103,22 @@ def save(directory: Path, config: ml_collections.ConfigDict, params: Any, batch_
     with atomic_directory(directory) as staging:
         (staging / "variables.msgpack").write_bytes(flax.serialization.to_bytes(variables))
         write_json_atomic(staging / "config.json", config.to_dict())
+        write_json_atomic(staging / MADE_WITH_FILE, features_provenance(features_dir))
         for name in names:
             shutil.copyfile(features_dir / name, staging / name)
+
+
+def features_provenance(features_dir: Path) -> dict:
+    """What a model was trained on: the features folder, its manifest's fingerprint (hash of
+    audio files, data config, seed and extractor version) and when the features were made."""
+    try:
+        manifest = json.loads((Path(features_dir) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        manifest = {}
+    return {"features_dir": str(Path(features_dir).absolute()),
+            "features_fingerprint": manifest.get("fingerprint"),
+            "features_created": manifest.get("created"),
+            "extractor_version": manifest.get("extractor_version")}
 
 
 def input_shape(config: ml_collections.ConfigDict) -> tuple[int, ...]:
@@ -108,10 +132,17 @@ def input_shape(config: ml_collections.ConfigDict) -> tuple[int, ...]:
 def load(directory: str | Path) -> Bundle:
     """Loads a bundle written by :func:`save`."""
     directory = Path(directory)
+    if not directory.is_dir():
+        raise BundleError(f"{directory}: no such bundle folder — train first (--stage=train), "
+                          "or point --bundle at WORKDIR/bundle")
     if not (directory / "variables.msgpack").exists():
-        raise FileNotFoundError(f"{directory} is not an inference bundle (no variables.msgpack); "
-                                "train first, or point at WORKDIR/bundle")
-    config = ml_collections.ConfigDict(json.loads((directory / "config.json").read_text()))
+        raise BundleError(f"{directory} is not an inference bundle (no variables.msgpack) — "
+                          "train first, or point at WORKDIR/bundle")
+    try:
+        config = ml_collections.ConfigDict(json.loads((directory / "config.json").read_text()))
+    except (OSError, ValueError) as error:
+        raise BundleError(f"{directory / 'config.json'}: unreadable bundle config ({error}) — "
+                          "train again to rewrite the bundle") from error
     labels = read_labels(directory)
     model = registry.create_model(config.model, len(labels))
     template = jax.eval_shape(lambda: model.init(

@@ -6,10 +6,12 @@ from typing import Any
 import flax
 import orbax.checkpoint as ocp
 
+from ser_jax.core.errors import DataError
+
 _IMPROVED = "improved_at"
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(DataError, ValueError):
     """A checkpoint that was made for another model or data shape."""
 
 
@@ -54,8 +56,15 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, expected: dict
     progress = manager.restore(latest, args=ocp.args.Composite(
         progress=ocp.args.JsonRestore()))["progress"]
     made_with = progress.get("made_with", {})
-    differences = {key: (made_with.get(key), value) for key, value in expected.items()
-                   if made_with.get(key) != value}
+    differences = {}
+    for key, value in expected.items():
+        old = made_with.get(key)
+        if isinstance(old, dict) and isinstance(value, dict):  # name the fields that differ
+            differences.update({f"{key}.{name}": (old.get(name), value.get(name))
+                                for name in sorted({*old, *value})
+                                if old.get(name) != value.get(name)})
+        elif old != value:
+            differences[key] = (old, value)
     if differences:
         lines = "; ".join(f"{key}: checkpoint {old!r}, now {new!r}"
                           for key, (old, new) in differences.items())

@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import pyarrow.parquet as pq
 from absl import logging
 
 from ser_jax.core.files import write_json_atomic
@@ -41,7 +40,7 @@ def load_splits(features_dir: Path, inputs: str = "clip", with_train: bool = Tru
     labels = labels_file.read_labels(features_dir)
     names = ["train", "val"] if with_train else ["val"]
     test_path = features_dir / "test.parquet"
-    if test_path.exists() and pq.read_metadata(test_path).num_rows:
+    if store.num_rows(test_path):
         names.append("test")
     return labels, {name: SplitArrays(*store.load_inputs(features_dir, name, labels, inputs))
                     for name in names}
@@ -85,7 +84,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
         history = progress["history"]
         logging.info("resumed after epoch %d from %s", len(history), workdir / "checkpoints")
     chief = jax.process_index() == 0  # the one process that writes logs and the bundle
-    log = MetricsLog(workdir, history) if chief else None
+    log = MetricsLog(workdir, history, config.train.epochs) if chief else None
 
     epoch = len(history)
     while epoch < config.train.epochs and not (history and stopper.should_stop(epoch - 1)):
@@ -117,7 +116,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     manager.wait_until_finished()
     manager.close()
     if log:
-        log.close()
+        log.close(stopper.best_epoch + 1)
 
     params, batch_stats = best
     result = {"best_epoch": stopper.best_epoch + 1, "epochs_run": len(history),
@@ -125,9 +124,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     if chief:
         bundle.save(workdir / "bundle", config, params, batch_stats, features_dir)
         reference.write_reference(workdir / "bundle", features_dir)
-        write_json_atomic(workdir / "train_result.json", result)
+        write_json_atomic(workdir / "train_result.json", {**result, **made_with_record(
+            config, features_dir)})
     logging.info("best epoch %d: val %s", result["best_epoch"], result["val"])
     return result
+
+
+def made_with_record(config: ml_collections.ConfigDict, features_dir: Path) -> dict:
+    """What train_result.json records beside the metrics: the features and the config."""
+    return {"made_with": {**bundle.features_provenance(features_dir),
+                          "config": config.to_dict()}}
 
 
 def train_ensemble(config: ml_collections.ConfigDict, workdir: Path, features_dir: Path) -> dict:
@@ -161,6 +167,7 @@ def train_ensemble(config: ml_collections.ConfigDict, workdir: Path, features_di
     if jax.process_index() == 0:
         bundle.save(workdir / "bundle", config, params, batch_stats, features_dir)
         reference.write_reference(workdir / "bundle", features_dir)
-        write_json_atomic(workdir / "train_result.json", result)
+        write_json_atomic(workdir / "train_result.json", {**result, **made_with_record(
+            config, features_dir)})
     logging.info("ensemble of %d members: val %s", len(members), result["val"])
     return result

@@ -10,6 +10,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ser_jax.core.errors import ConfigError
 from ser_jax.models import registry
 from ser_jax.training import batch_augment
 from ser_jax.training.state import TrainState, make_optimizer, plateau_step
@@ -136,8 +137,8 @@ class Trainer:
         batch = self.config.train.batch_size
         steps = num_rows // batch
         if steps == 0:
-            raise ValueError(f"the training split has {num_rows} rows, fewer than "
-                             f"train.batch_size={batch}; lower the batch size")
+            raise ConfigError(f"the training split has {num_rows} rows, fewer than "
+                              f"train.batch_size={batch} — lower --config.train.batch_size")
         perm = jax.random.permutation(jax.random.fold_in(seed_key, epoch), num_rows)
         return perm[: steps * batch].reshape(steps, batch)
 
