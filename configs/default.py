@@ -22,6 +22,10 @@ def get_config() -> ml_collections.ConfigDict:
     data.offset = 0.6
     data.duration = 2.5
     data.batch_size = 64  # clips per feature-extraction batch
+    # Sharded features stage: --stage=features with num_shards > 1 writes shard `shard` of
+    # num_shards (clips by a stable hash of their path); --stage=merge_features merges them.
+    data.num_shards = 1
+    data.shard = 0
     # Also store each row's log-mel frame sequence (frames x 128 bands; the temporal model's
     # input) in {split}.sequences.npy, standardized per band.
     data.sequences = False

@@ -2,7 +2,8 @@
 
 Stages: ``features`` (corpus -> parquet), ``train`` (parquet -> checkpoints + bundle),
 ``evaluate`` (bundle + test split -> report), ``all`` (the three in turn), ``cv`` (speaker-grouped
-k-fold cross-validation into WORKDIR/cv; not part of ``all``).
+k-fold cross-validation into WORKDIR/cv; not part of ``all``), ``merge_features`` (the shards
+written by ``features --config.data.num_shards=N --config.data.shard=K`` -> the features folder).
 """
 
 import logging as std_logging
@@ -22,7 +23,8 @@ FLAGS = flags.FLAGS
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for features, checkpoints, logs and reports.")
-flags.DEFINE_enum("stage", "all", ["features", "train", "evaluate", "all", "cv"], "What to run.")
+flags.DEFINE_enum("stage", "all", ["features", "merge_features", "train", "evaluate", "all", "cv"],
+                  "What to run.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -53,6 +55,8 @@ def main(argv: list[str]) -> None:
                  jax.default_backend(), workdir)
     if FLAGS.stage in ("features", "all"):
         pipeline.prepare_features(config, workdir / "features")
+    if FLAGS.stage == "merge_features":
+        pipeline.merge_features(config, workdir / "features")
     if FLAGS.stage in ("train", "all"):
         loop.train_and_evaluate(config, workdir)
     if FLAGS.stage in ("evaluate", "all"):
