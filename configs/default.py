@@ -74,6 +74,10 @@ def get_config() -> ml_collections.ConfigDict:
     train.early_stop_min_delta = 1e-3
     train.loop = 'auto'  # 'auto' (per backend), 'step' (unrolled steps per call), 'scan' (epoch)
     train.steps_per_call = 1  # steps unrolled into one compiled call when loop is 'step'
+    # 'device': the train split resident on every device, batches gathered there (one process);
+    # 'host': each process places its devices' rows of each batch (multi-process jobs);
+    # 'auto': 'device' in one process, 'host' in several.
+    train.input = 'auto'
     train.compute_dtype = 'float32'  # or 'bfloat16' (parameters stay float32)
     train.eval_batch_size = 512
     # On-device augmentation of each training batch. SpecAugment masking (sequence inputs only):

@@ -7,13 +7,13 @@ written by ``features --config.data.num_shards=N --config.data.shard=K`` -> the 
 """
 
 import logging as std_logging
-import os
 from pathlib import Path
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from ser_jax.core import distributed, process
 from ser_jax.core.files import write_json_atomic
 from ser_jax.evaluation import cv, evaluate
 from ser_jax.features import pipeline
@@ -28,13 +28,6 @@ flags.DEFINE_enum("stage", "all", ["features", "merge_features", "train", "evalu
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _maybe_initialize_distributed() -> None:
-    """Joins a multi-host job when the environment names a coordinator (TPU VM slice, GKE)."""
-    if any(os.environ.get(name) for name in ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES",
-                                              "MEGASCALE_COORDINATOR_ADDRESS")):
-        jax.distributed.initialize()
-
-
 def _only_our_info_messages(record: std_logging.LogRecord) -> bool:
     """Keeps ser_jax's INFO lines and everyone's warnings (Orbax logs every file it writes)."""
     return record.levelno >= std_logging.WARNING or record.pathname.startswith(_PACKAGE_DIR)
@@ -44,22 +37,24 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_only_our_info_messages)
-    _maybe_initialize_distributed()
+    distributed.initialize()
     config, workdir = FLAGS.config, Path(FLAGS.workdir)
     if config.compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir",
                           str(Path(config.compilation_cache_dir).expanduser()))
-    workdir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(workdir / "config.json", config.to_dict())
+    if process.is_chief():
+        workdir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(workdir / "config.json", config.to_dict())
     logging.info("JAX %s on %d %s device(s); workdir %s", jax.__version__, jax.device_count(),
                  jax.default_backend(), workdir)
-    if FLAGS.stage in ("features", "all"):
+    if FLAGS.stage in ("features", "all") and process.is_chief():
         pipeline.prepare_features(config, workdir / "features")
-    if FLAGS.stage == "merge_features":
+    if FLAGS.stage == "merge_features" and process.is_chief():
         pipeline.merge_features(config, workdir / "features")
+    process.barrier("features")  # the other processes read what the chief wrote
     if FLAGS.stage in ("train", "all"):
         loop.train_and_evaluate(config, workdir)
-    if FLAGS.stage in ("evaluate", "all"):
+    if FLAGS.stage in ("evaluate", "all") and process.is_chief():  # reads the bundle only
         evaluate.evaluate(workdir)
     if FLAGS.stage == "cv":
         cv.cross_validate(config, workdir)
