@@ -26,6 +26,7 @@ flags.DEFINE_string("workdir", None, "Folder for features, checkpoints, logs and
 flags.DEFINE_enum("stage", "all", ["features", "merge_features", "train", "evaluate", "all", "cv"],
                   "What to run.")
 flags.mark_flags_as_required(["config", "workdir"])
+FEATURES_WAIT_S = 24 * 3600
 
 
 def _only_our_info_messages(record: std_logging.LogRecord) -> bool:
@@ -51,7 +52,8 @@ def main(argv: list[str]) -> None:
         pipeline.prepare_features(config, workdir / "features")
     if FLAGS.stage == "merge_features" and process.is_chief():
         pipeline.merge_features(config, workdir / "features")
-    process.barrier("features")  # the other processes read what the chief wrote
+    # The other processes read what the chief wrote (a features stage may take hours).
+    distributed.wait_for_peers("features", timeout_s=FEATURES_WAIT_S)
     if FLAGS.stage in ("train", "all"):
         loop.train_and_evaluate(config, workdir)
     if FLAGS.stage in ("evaluate", "all") and process.is_chief():  # reads the bundle only

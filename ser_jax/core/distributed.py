@@ -2,6 +2,7 @@
 pods, SLURM, Open MPI: JAX detects them) or, on any other cluster, from JAX_COORDINATOR_ADDRESS,
 JAX_NUM_PROCESSES and JAX_PROCESS_ID (the same command started once per process)."""
 
+import itertools
 import os
 
 import jax
@@ -46,16 +47,20 @@ def initialize() -> bool:
         jax.distributed.initialize()
     else:
         return False
-    wait_for_peers("ser_jax:joined")
+    wait_for_peers("joined")
     multihost_utils.sync_global_devices("ser_jax:collectives")  # sets up the CPU collectives
     logging.info("process %d of %d; %d local and %d global devices", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
     return True
 
 
+_barriers = itertools.count()
+
+
 def wait_for_peers(name: str, timeout_s: int = DEFAULT_TIMEOUT_S) -> None:
-    """A barrier on the coordination service (no device collective, so no compiled program and
-    a long timeout): lets processes that compile at different speeds meet before a collective.
-    ``name`` must be unique per call. A no-op in one process."""
+    """A barrier on the coordination service, not a device collective: no compiled program, and
+    a timeout of our choosing (gloo gives a peer 30 s), so processes that compile or write files
+    at different speeds meet here before their next collective. Every process must call the
+    same barriers in the same order. A no-op in one process."""
     if jax.process_count() > 1:
-        ocp.multihost.sync_global_processes(name, timeout=timeout_s)
+        ocp.multihost.sync_global_processes(f"{name}:{next(_barriers)}", timeout=timeout_s)

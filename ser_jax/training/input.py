@@ -70,7 +70,7 @@ def _compiled_step(trainer: Trainer, args: tuple) -> Callable:
     at different speeds start their first collective together (gloo gives a peer 30 s)."""
     if id(trainer) not in _COMPILED:
         _COMPILED[id(trainer)] = trainer.train_batch.lower(*args).compile()
-        distributed.wait_for_peers(f"ser_jax:compiled:{len(_COMPILED)}")
+        distributed.wait_for_peers("compiled train step")
     return _COMPILED[id(trainer)]
 
 

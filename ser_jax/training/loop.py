@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from absl import logging
 
-from ser_jax.core import process
+from ser_jax.core import distributed
 from ser_jax.core.files import write_json_atomic
 from ser_jax.data import labels as labels_file
 from ser_jax.data import store
@@ -136,7 +136,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
         params, batch_stats = host_input.host_copy((params, batch_stats))
         bundle.save(workdir / "bundle", config, params, batch_stats, features_dir)
         write_json_atomic(workdir / "train_result.json", result)
-    process.barrier("bundle")  # the others may read the bundle once this returns
+    distributed.wait_for_peers("bundle")  # the others may read the bundle once this returns
     logging.info("best epoch %d: val %s", result["best_epoch"], result["val"])
     return result
 

@@ -99,11 +99,12 @@ def test_two_processes_train_like_one_process_with_four_devices(two_processes, t
     # all-reduce sums in another order than XLA's in-process one: about 1e-6 relative here).
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         assert two[0][key] == pytest.approx(single[0][key], rel=2e-5), key
-    # Later epochs drift: Adam divides by sqrt(v), so a parameter whose gradient is ~0 gets an
-    # update of order lr whose sign the rounding decides; the drift stays small.
+    # Later epochs may drift further: Adam divides by sqrt(v), so a parameter whose gradient is
+    # ~0 gets an update of order lr whose sign the rounding decides (measured here: 2e-6; on
+    # 480 rows, 30 steps an epoch, 1e-3 by epoch 2).
     for a, b in zip(two[1:], single[1:], strict=True):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-2)
-        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-2)
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4), (a["epoch"], key)
     # Only process 0 wrote the log, the bundle and the result.
     assert (two_processes / "bundle" / "variables.msgpack").is_file()
     assert json.loads((two_processes / "train_result.json").read_text())["epochs_run"] == EPOCHS
