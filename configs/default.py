@@ -25,6 +25,10 @@ def get_config() -> ml_collections.ConfigDict:
     # speech sample, energy trim as librosa.effects.trim(top_db=60)); predict uses the bundle's.
     data.placement = 'offset'
     data.batch_size = 64  # clips per feature-extraction batch
+    # Sharded features stage: --stage=features with num_shards > 1 writes shard `shard` of
+    # num_shards (clips by a stable hash of their path); --stage=merge_features merges them.
+    data.num_shards = 1
+    data.shard = 0
     # Also store each row's log-mel frame sequence (frames x 128 bands; the temporal model's
     # input) in {split}.sequences.npy, standardized per band.
     data.sequences = False
@@ -81,6 +85,10 @@ def get_config() -> ml_collections.ConfigDict:
     train.early_stop_min_delta = 1e-3
     train.loop = 'auto'  # 'auto' (per backend), 'step' (unrolled steps per call), 'scan' (epoch)
     train.steps_per_call = 1  # steps unrolled into one compiled call when loop is 'step'
+    # 'device': the train split resident on every device, batches gathered there (one process);
+    # 'host': each process places its devices' rows of each batch (multi-process jobs);
+    # 'auto': 'device' in one process, 'host' in several.
+    train.input = 'auto'
     train.compute_dtype = 'float32'  # or 'bfloat16' (parameters stay float32)
     train.eval_batch_size = 512
     # On-device augmentation of each training batch. SpecAugment masking (sequence inputs only):

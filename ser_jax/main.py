@@ -3,7 +3,9 @@
 Stages: ``features`` (corpus -> parquet), ``train`` (parquet -> checkpoints + bundle),
 ``evaluate`` (bundle + test split -> report), ``all`` (the three in turn), ``cv`` (speaker-grouped
 k-fold cross-validation into WORKDIR/cv; not part of ``all``), ``monitor`` (drift of
-``--monitor_paths`` against WORKDIR/bundle's reference into WORKDIR/monitor; exits 3 on drift).
+``--monitor_paths`` against WORKDIR/bundle's reference into WORKDIR/monitor; exits 3 on drift),
+``merge_features`` (the shards written by ``features --config.data.num_shards=N
+--config.data.shard=K`` -> the features folder).
 
 The config is validated before anything is written; ``WORKDIR/config.json`` is written once a
 stage has finished, so it always describes the outputs there. Mistakes end in one line
@@ -19,6 +21,7 @@ import ml_collections
 from absl import flags, logging
 from ml_collections import config_flags
 
+from ser_jax.core import distributed
 from ser_jax.core.errors import UsageError, run_cli
 from ser_jax.core.files import write_json_atomic
 from ser_jax.core.process import is_chief
@@ -31,18 +34,12 @@ from ser_jax.training.validation import validate_config
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for features, checkpoints, logs and reports.")
-flags.DEFINE_enum("stage", "all", ["features", "train", "evaluate", "all", "cv", "monitor"],
-                  "What to run.")
+flags.DEFINE_enum("stage", "all", ["features", "merge_features", "train", "evaluate", "all", "cv",
+                                   "monitor"], "What to run.")
 flags.DEFINE_list("monitor_paths", [], "--stage=monitor: audio files, folders or a features "
                   "parquet to compare with the bundle's training reference.")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def _maybe_initialize_distributed() -> None:
-    """Joins a multi-host job when the environment names a coordinator (TPU VM slice, GKE)."""
-    if any(os.environ.get(name) for name in ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES",
-                                              "MEGASCALE_COORDINATOR_ADDRESS")):
-        jax.distributed.initialize()
+FEATURES_WAIT_S = 24 * 3600
 
 
 def load_config() -> ml_collections.ConfigDict:
@@ -78,11 +75,12 @@ def main(argv: list[str]) -> None:
     config = load_config()
     workdir = check_workdir(FLAGS.workdir)
     validate_config(config, FLAGS.stage)  # before anything is written
-    _maybe_initialize_distributed()
+    distributed.initialize()
     if config.compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir",
                           str(Path(config.compilation_cache_dir).expanduser()))
-    workdir.mkdir(parents=True, exist_ok=True)
+    if is_chief():
+        workdir.mkdir(parents=True, exist_ok=True)
     logging.info("JAX %s on %d %s device(s); workdir %s", jax.__version__, jax.device_count(),
                  jax.default_backend(), workdir)
     outputs: dict[str, list[str]] = {}
@@ -95,15 +93,18 @@ def main(argv: list[str]) -> None:
         print(f"{stage}: outputs in {', '.join(outputs[stage])}", flush=True)
 
     train_result = report = None
-    if FLAGS.stage in ("features", "all"):
-        features = pipeline.prepare_features(config, workdir / "features")
-        finished("features", [features])
+    if FLAGS.stage in ("features", "all") and is_chief():
+        finished("features", [pipeline.prepare_features(config, workdir / "features")])
+    if FLAGS.stage == "merge_features" and is_chief():
+        finished("merge_features", [pipeline.merge_features(config, workdir / "features")])
+    # The other processes read what the chief wrote (a features stage may take hours).
+    distributed.wait_for_peers("features", timeout_s=FEATURES_WAIT_S)
     if FLAGS.stage in ("train", "all"):
         train_result = loop.train_and_evaluate(config, workdir)
         finished("train", [workdir / name for name in (
             "bundle", "train_result.json", "metrics.jsonl", "evaluation/training_curves.png",
             "checkpoints")])
-    if FLAGS.stage in ("evaluate", "all"):
+    if FLAGS.stage in ("evaluate", "all") and is_chief():  # reads the bundle only
         report = evaluate.evaluate(workdir)
         finished("evaluate", [workdir / "evaluation"])
     if FLAGS.stage == "cv":

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import hashlib
 import json
 import os
@@ -39,7 +40,7 @@ from ser_jax.data import audio, corpora, store, synthetic
 from ser_jax.data.errors import DatasetError
 from ser_jax.data.labels import label_names
 from ser_jax.data.splits import SPLITS, split_clips
-from ser_jax.features import augment, feature_dir
+from ser_jax.features import augment, feature_dir, shards
 from ser_jax.features import extractor as features
 from ser_jax.features.feature_dir import ClipFeatures, Sequences
 from ser_jax.features.scaler import Scaler
@@ -48,10 +49,21 @@ SYNTHETIC_SEED = 0  # the demo corpus is fixed data; config.seed drives split an
 MAX_EXAMPLES = 20
 
 
+SHARD_KEYS = ("num_shards", "shard")  # which shard runs; not part of the features' identity
+
+
 def prepare_features(config: ml_collections.ConfigDict, out_dir: str | Path) -> Path:
-    """Runs the features stage into out_dir (see the module docstring); returns out_dir."""
+    """Runs the features stage into out_dir (see the module docstring); returns out_dir.
+
+    With config.data.num_shards > 1 it extracts only shard config.data.shard and writes it
+    beside out_dir (see shards.ShardRows.folder); merge_features then writes out_dir.
+    """
     out_dir = Path(out_dir)
     data = config.data
+    num_shards, shard = int(data.num_shards), int(data.shard)
+    if num_shards < 1 or not 0 <= shard < num_shards:
+        raise DatasetError(f"data.shard={shard}, data.num_shards={num_shards}: need "
+                           "num_shards >= 1 and 0 <= shard < num_shards.")
     started = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -62,7 +74,7 @@ def prepare_features(config: ml_collections.ConfigDict, out_dir: str | Path) -> 
         )
     spec, is_synthetic = _corpus_spec(data, out_dir.absolute().parent)
     scan = corpora.scan_corpora(spec, keep_boredom=data.keep_boredom)
-    fingerprint = _fingerprint(config, scan)
+    fingerprint = _fingerprint(config, scan, data=_features_data(data))
     damage = feature_dir.verify_reuse(out_dir, fingerprint, data.sequences)
     if damage is None:
         logging.info("features: reusing %s (same inputs, data config and extractor; files "
@@ -70,54 +82,178 @@ def prepare_features(config: ml_collections.ConfigDict, out_dir: str | Path) -> 
         return out_dir
     if damage:  # an output of the same inputs whose files do not hold what it recorded
         logging.warning("features: %s is damaged (%s); rebuilding it", out_dir, damage)
-    recipe = parse_recipe(data.augment.recipe)
     _require_clips(scan, spec)
     timings["scan_s"] = time.perf_counter() - started
+    rows = _extract_shard(config, scan, fingerprint, shard, num_shards, timings)
+    if num_shards > 1:
+        folder = rows.write(out_dir)
+        logging.info("features: wrote shard %d of %d (%d rows) to %s", shard, num_shards,
+                     sum(len(i) for i in rows.indices), folder)
+        return folder
+    _write_merged(config, out_dir, [rows], scan, spec, is_synthetic, started, timings)
+    return out_dir
 
+
+def merge_features(config: ml_collections.ConfigDict, out_dir: str | Path) -> Path:
+    """Merges the config.data.num_shards shards written beside out_dir into out_dir: the same
+    files the single-process stage writes (rows in its order, scalers from merged moments)."""
+    out_dir = Path(out_dir)
+    data = config.data
+    started = time.perf_counter()
+    if out_dir.exists() and not feature_dir.replaceable(out_dir):
+        raise DatasetError(f"{out_dir} exists and holds files other than a features stage's "
+                           "output; choose an empty or new folder.")
+    spec, is_synthetic = _corpus_spec(data, out_dir.absolute().parent)
+    scan = corpora.scan_corpora(spec, keep_boredom=data.keep_boredom)
+    _require_clips(scan, spec)
+    fingerprint = _fingerprint(config, scan, data=_features_data(data))
+    parts = [shards.ShardRows.read(out_dir, k, int(data.num_shards), fingerprint)
+             for k in range(int(data.num_shards))]
+    _write_merged(config, out_dir, parts, scan, spec, is_synthetic, started,
+                  {"merge_read_s": time.perf_counter() - started})
+    return out_dir
+
+
+def _features_data(data: ml_collections.ConfigDict) -> dict:
+    """The data config that identifies the features (all but which shard runs)."""
+    return {k: v for k, v in data.to_dict().items() if k not in SHARD_KEYS}
+
+
+def _split(config: ml_collections.ConfigDict, scan: corpora.CorpusScan) -> dict[str, list[int]]:
+    """The whole manifest's split (the same in every shard)."""
+    split = config.data.split
+    return split_clips(
+        scan.clips, mode=split.mode, val_fraction=split.val_fraction,
+        test_fraction=split.test_fraction, val_speakers=parse_list(split.val_speakers),
+        test_speakers=parse_list(split.test_speakers), seed=config.seed,
+    )
+
+
+def _extract_shard(config: ml_collections.ConfigDict, scan: corpora.CorpusScan,
+                   fingerprint: str, shard: int, num_shards: int,
+                   timings: dict[str, float]) -> shards.ShardRows:
+    """Splits the whole manifest, then loads, augments and extracts this shard's clips."""
+    data = config.data
+    recipe = parse_recipe(data.augment.recipe)
+    splits = _split(config, scan)
+    check_class_balance(scan.clips, splits, label_names(data), data.quality.min_class_share)
+    mine = [i for i, c in enumerate(scan.clips) if shards.shard_of(c.path, num_shards) == shard]
     tick = time.perf_counter()
     flagged: list[tuple[str, str]] = []
-    waves, clips, rejects = _load_audio(scan, data, flagged)
+    waves, loaded, rejects = audio.load_clips(
+        [scan.clips[i].path for i in mine], sample_rate=data.sample_rate, offset=data.offset,
+        duration=data.duration, placement=data.get("placement", "offset"),
+        quality=audio.Quality.from_config(data.get("quality")), flagged=flagged)
     timings["load_audio_s"] = time.perf_counter() - tick
+    row = {mine[j]: r for r, j in enumerate(loaded)}
+    failed = sorted(set(mine) - set(row))
+    load_rejects = [(i, path, reason) for i, (path, reason) in zip(failed, rejects, strict=True)]
+    ids = np.asarray([shards.clip_id(scan.clips[mine[j]].path) for j in loaded], np.uint32)
 
-    splits = split_clips(
-        clips, mode=data.split.mode, val_fraction=data.split.val_fraction,
-        test_fraction=data.split.test_fraction, val_speakers=parse_list(data.split.val_speakers),
-        test_speakers=parse_list(data.split.test_speakers), seed=config.seed,
-    )
-    class_warnings = check_class_balance(clips, splits, label_names(data),
-                                         data.quality.min_class_share)
+    jobs = [("train", kind) for kind in recipe] + [("val", "none"), ("test", "none")]
+    seed_key = jax.random.key(config.seed)
+    members = [[i for i in splits[split] if i in row] for split, _ in jobs]
     tick = time.perf_counter()
-    parts = _extract_all(waves, splits, recipe, config, rejects, clips)
+    extracted = _extract_jobs(waves, [
+        ([row[i] for i in indices], kind,
+         clip_keys(jax.random.fold_in(seed_key, position), ids[[row[i] for i in indices]]))
+        for position, ((_, kind), indices) in enumerate(zip(jobs, members, strict=True))],
+        data)
     timings["extract_s"] = time.perf_counter() - tick
+    kept_indices, kept_x, kept_seq, nonfinite = [], [], [], []
+    for j, (indices, (x, seq)) in enumerate(zip(members, extracted, strict=True)):
+        (_, _, kept, x, seq), dropped = finite_part("", "", indices, x, seq)
+        nonfinite += [(j, i) for i in dropped]
+        kept_indices.append(np.asarray(kept, np.int64))
+        kept_x.append(x)
+        kept_seq.append(seq)
+    train = [j for j, (split, _) in enumerate(jobs) if split == "train"]
+    moments = shards.Moments.of(np.concatenate([kept_x[j] for j in train]),
+                                len(features.FEATURE_NAMES))
+    seq_moments = None if not data.sequences else shards.Moments.of(
+        np.concatenate([kept_seq[j] for j in train]), len(features.SEQUENCE_NAMES))
+    return shards.ShardRows(shard, num_shards, fingerprint, jobs, kept_indices, kept_x,
+                            kept_seq if data.sequences else None, load_rejects, nonfinite,
+                            moments, seq_moments, flagged)
 
+
+def _write_merged(config: ml_collections.ConfigDict, out_dir: Path,
+                  parts: Sequence[shards.ShardRows], scan: corpora.CorpusScan, spec: str,
+                  is_synthetic: bool, started: float, timings: dict[str, float]) -> None:
+    """Standardizes the shards' rows into the features folder (rows in manifest order per job,
+    jobs in recipe order; scalers from the merged training moments)."""
+    data = config.data
     tick = time.perf_counter()
-    frames, scaler, sequences = standardize_parts(parts, clips)
+    jobs = parts[0].jobs
+    if any(p.jobs != jobs for p in parts):
+        raise DatasetError("The shards were written with different augmentation recipes; "
+                           "rerun every shard with the same config.")
+    moments = functools.reduce(shards.Moments.merge, [p.moments for p in parts])
+    scaler = moments.scaler(features.FEATURE_NAMES)
+    seq_scaler = None
+    if data.sequences:
+        seq_scaler = functools.reduce(shards.Moments.merge, [
+            p.sequence_moments for p in parts]).scaler(features.SEQUENCE_NAMES)
+    frames: dict[str, list[pd.DataFrame]] = {name: [] for name in SPLITS}
+    sequences: dict[str, list[np.ndarray]] = {name: [] for name in SPLITS}
+    for j, (split, kind) in enumerate(jobs):
+        indices = np.concatenate([p.indices[j] for p in parts])
+        order = np.argsort(indices, kind="stable")
+        x = np.concatenate([p.features[j] for p in parts])[order]
+        frames[split].append(store.make_frame(scaler.transform(x),
+                                              [scan.clips[i] for i in indices[order]], kind))
+        if seq_scaler is not None:
+            sequences[split].append(seq_scaler.transform(
+                np.concatenate([p.sequences[j] for p in parts])[order]))
+    if not any(len(f) for f in frames["train"]):
+        raise DatasetError("No training rows left after feature extraction.")
+    rejects = sorted(r for p in parts for r in p.load_rejects)
+    if len(rejects) == len(scan.clips):
+        raise DatasetError(f"None of the {len(scan.clips)} clips could be loaded: "
+                           f"{_examples([(p, r) for _, p, r in rejects], 3)}.")
+    items = [(p, r) for _, p, r in rejects] + [
+        (scan.clips[i].path, f"non-finite features ({jobs[j][1]}, {jobs[j][0]})")
+        for j, i in sorted(r for p in parts for r in p.nonfinite)]
     labels = label_names(data)
+    flagged = [f for p in parts for f in p.flagged]
+    class_warnings = check_class_balance(scan.clips, _split(config, scan), labels,
+                                         data.quality.min_class_share, log=False)
     manifest = {
         "format_version": feature_dir.FORMAT_VERSION,
-        "fingerprint": fingerprint,
+        "fingerprint": parts[0].fingerprint,
         "extractor_version": features.EXTRACTOR_VERSION,
         "synthetic": is_synthetic,
         "corpora": spec,
         "seed": config.seed,
-        "data": data.to_dict(),
+        "data": _features_data(data),
         "labels": labels,
         "counts": feature_dir.split_counts(frames, labels),
-        "rejects": {"count": len(rejects), "items": [{"path": p, "reason": r}
-                                                     for p, r in rejects]},
+        "rejects": {"count": len(items), "items": [{"path": p, "reason": r} for p, r in items]},
         "quality": {"gates": dataclasses.asdict(audio.Quality.from_config(data.quality)),
-                    "rejected": _reason_counts(rejects), "flagged": {
+                    "rejected": _reason_counts([(p, r) for _, p, r in rejects]), "flagged": {
                         "count": len(flagged), "by_reason": _reason_counts(flagged),
                         "items": [{"path": p, "reason": r} for p, r in flagged]},
                     "warnings": class_warnings},
         "skipped": {"count": len(scan.skipped), "examples": [
             {"path": p, "reason": r} for p, r in scan.skipped[:MAX_EXAMPLES]]},
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "timings": timings,
+        "timings": {**timings, "standardize_s": time.perf_counter() - tick},
     }
-    feature_dir.write_feature_dir(out_dir, frames, labels, scaler, manifest, started, sequences)
+    feature_dir.write_feature_dir(
+        out_dir, frames, labels, scaler, manifest, started,
+        None if seq_scaler is None else Sequences(
+            {name: np.concatenate(x) for name, x in sequences.items()}, seq_scaler))
     feature_dir.print_summary(out_dir, manifest)
-    return out_dir
+
+
+@jax.jit
+def _row_keys(key: jax.Array, ids: jax.Array) -> jax.Array:
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(ids)
+
+
+def clip_keys(key: jax.Array, ids: np.ndarray) -> jax.Array:
+    """One augmentation key per row: `key` folded with the row's shards.clip_id."""
+    return _row_keys(key, jnp.asarray(ids, jnp.uint32))
 
 
 Part = tuple[str, str, list[int], np.ndarray, np.ndarray | None]
@@ -189,7 +325,8 @@ def clip_features(
     logging.info("features: extracting %s for %d clips into %s", ", ".join(missing), len(clips),
                  cache_dir)
     seed_key = jax.random.key(config.seed)
-    jobs = [(range(len(clips)), kind, jax.random.fold_in(seed_key, _kind_key(kind)))
+    ids = np.asarray([shards.clip_id(c.path) for c in clips], np.uint32)
+    jobs = [(range(len(clips)), kind, clip_keys(jax.random.fold_in(seed_key, _kind_key(kind)), ids))
             for kind in missing]
     for kind, (x, seq) in zip(missing, _extract_jobs(waves, jobs, data), strict=True):
         result.features[kind] = x
@@ -237,7 +374,8 @@ def _reason_counts(items: Sequence[tuple[str, str]]) -> dict[str, int]:
 
 
 def check_class_balance(clips: Sequence[corpora.Clip], splits: dict[str, list[int]],
-                        labels: Sequence[str], min_share: float) -> list[str]:
+                        labels: Sequence[str], min_share: float, log: bool = True
+                        ) -> list[str]:
     """Warnings for classes with no clips or fewer than ``min_share`` of the largest class;
     DatasetError when a non-empty split lacks a class that another split has."""
     counts = {split: {label: 0 for label in labels} for split in splits}
@@ -259,7 +397,7 @@ def check_class_balance(clips: Sequence[corpora.Clip], splits: dict[str, list[in
     warnings += [f"class {label} has {totals[label]} clips, under {min_share:.0%} of the "
                  f"largest class ({largest})" for label in labels
                  if 0 < totals[label] < min_share * largest]
-    for warning in warnings:
+    for warning in warnings if log else ():
         logging.warning("features: %s", warning)
     return warnings
 
@@ -327,31 +465,6 @@ def parse_recipe(spec: str) -> list[str]:
     return kinds
 
 
-def _extract_all(
-    waves: np.ndarray,
-    splits: dict[str, list[int]],
-    recipe: Sequence[str],
-    config: ml_collections.ConfigDict,
-    rejects: list[tuple[str, str]],
-    clips: Sequence[corpora.Clip],
-) -> list[Part]:
-    """A Part per recipe entry (train) or split (val, test, unaugmented).
-
-    Rows with non-finite features are dropped and recorded in `rejects`.
-    """
-    jobs = [("train", kind) for kind in recipe] + [("val", "none"), ("test", "none")]
-    seed_key = jax.random.key(config.seed)
-    extracted = _extract_jobs(
-        waves, [(splits[split], kind, jax.random.fold_in(seed_key, position))
-                for position, (split, kind) in enumerate(jobs)], config.data)
-    parts = []
-    for (split, kind), (x, seq) in zip(jobs, extracted, strict=True):
-        part, dropped = finite_part(split, kind, splits[split], x, seq)
-        rejects += [(clips[i].path, f"non-finite features ({kind}, {split})") for i in dropped]
-        parts.append(part)
-    return parts
-
-
 def finite_part(split: str, kind: str, indices: Sequence[int], x: np.ndarray,
                 sequences: np.ndarray | None) -> tuple[Part, list[int]]:
     """The Part of the rows whose features (and sequences) are all finite, and the clip
@@ -371,7 +484,7 @@ def _extract_jobs(
     data: ml_collections.ConfigDict,
 ) -> list[tuple[np.ndarray, np.ndarray | None]]:
     """Raw features (len(indices), 270) and, when data.sequences, raw log-mel sequences
-    (len(indices), frames, 128) of each (clip indices, augmentation, key) job."""
+    (len(indices), frames, 128) of each (clip indices, augmentation, per-row keys) job."""
     # One fixed batch shape for every call, so the extractor compiles once.
     batch = max(1, min(data.batch_size, len(waves)))
     total = sum(len(indices) for indices, _, _ in jobs)
@@ -381,23 +494,24 @@ def _extract_jobs(
         tuple(indices) for indices, kind, _ in jobs if kind == "pitch_noise"}
     shared = {key: {} for key in pitched}
     with tqdm(total=total, desc="features", unit="clip", file=sys.stderr) as bar:
-        return [_extract(waves, indices, kind, key, batch, data, bar,
+        return [_extract(waves, indices, kind, keys, batch, data, bar,
                          shared.get(tuple(indices)))
-                for indices, kind, key in jobs]
+                for indices, kind, keys in jobs]
 
 
 def _extract(
     waves: np.ndarray,
     indices: Sequence[int],
     kind: str,
-    key: jax.Array,
+    keys: jax.Array,
     batch: int,
     data: ml_collections.ConfigDict,
     bar: tqdm,
     pitched: dict[int, jax.Array] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Augments and extracts waves[indices] in padded batches: (len(indices), 270) features and
-    (len(indices), frames, 128) sequences or None.
+    (len(indices), frames, 128) sequences or None. keys[r] is row r's augmentation key, so a
+    row does not depend on its batch (nor, in a sharded run, on its shard).
 
     `pitched`, when given, passes pitch-shifted batches between the pitch and pitch_noise jobs
     of the same clips: the first stores batch b's shifted waves, the second takes them (the
@@ -411,21 +525,18 @@ def _extract(
         rows = list(indices[start : start + batch])
         chunk[: len(rows)] = waves[rows]
         chunk[len(rows) :] = 0.0
-        batch_key = jax.random.fold_in(key, b)
+        batch_keys = keys[start : start + batch]
+        if len(rows) < batch:  # padding rows: any key
+            batch_keys = jnp.concatenate([batch_keys, keys[np.zeros(batch - len(rows), int)]])
         if pitched is not None and kind in ("pitch", "pitch_noise"):
             shifted = pitched.pop(b, None)
             if shifted is None:
                 shifted = pitched[b] = augment.pitch_shift(
                     jnp.asarray(chunk), data.sample_rate, data.augment.pitch_semitones)
             x = (shifted if kind == "pitch" else
-                 augment.add_noise(shifted, batch_key, data.augment.noise_sigma))
+                 _noise_rows(shifted, batch_keys, data.augment.noise_sigma))
         else:
-            x = augment.augment(
-                jnp.asarray(chunk), kind, batch_key, sample_rate=data.sample_rate,
-                noise_sigma=data.augment.noise_sigma,
-                pitch_semitones=data.augment.pitch_semitones,
-                stretch_rate=data.augment.stretch_rate, shift_seconds=data.augment.shift_seconds,
-            )
+            x = _augment_rows(jnp.asarray(chunk), kind, batch_keys, data)
         if data.sequences:
             clip, seq = features.clip_and_sequence_features(x, data.sample_rate)
             sequences.append(np.asarray(seq)[: len(rows)])
@@ -434,6 +545,34 @@ def _extract(
         out.append(np.asarray(clip)[: len(rows)])
         bar.update(len(rows))
     return np.concatenate(out), np.concatenate(sequences) if data.sequences else None
+
+
+@functools.partial(jax.jit, static_argnames="sigma")
+def _noise_rows(waves: jax.Array, keys: jax.Array, sigma: float) -> jax.Array:
+    """augment.add_noise with one key per row."""
+    return jax.vmap(lambda w, k: augment.add_noise(w[None], k, sigma)[0])(waves, keys)
+
+
+@functools.partial(jax.jit, static_argnames="max_shift")
+def _shift_rows(waves: jax.Array, keys: jax.Array, max_shift: int) -> jax.Array:
+    """augment.random_shift with one key per row."""
+    return jax.vmap(lambda w, k: augment.random_shift(w[None], k, max_shift)[0])(waves, keys)
+
+
+def _augment_rows(waves: jax.Array, kind: str, keys: jax.Array,
+                  data: ml_collections.ConfigDict) -> jax.Array:
+    """augment.augment's `kind` with one key per row (the random kinds draw per row)."""
+    a = data.augment
+    if kind == "noise":
+        return _noise_rows(waves, keys, a.noise_sigma)
+    if kind == "pitch_noise":
+        return _noise_rows(augment.pitch_shift(waves, data.sample_rate, a.pitch_semitones),
+                           keys, a.noise_sigma)
+    if kind == "shift":
+        return _shift_rows(waves, keys, int(round(a.shift_seconds * data.sample_rate)))
+    return augment.augment(waves, kind, keys[0], sample_rate=data.sample_rate,
+                           noise_sigma=a.noise_sigma, pitch_semitones=a.pitch_semitones,
+                           stretch_rate=a.stretch_rate, shift_seconds=a.shift_seconds)
 
 
 def _examples(items: Sequence[tuple[str, str]], limit: int) -> str:

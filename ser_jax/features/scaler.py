@@ -37,11 +37,14 @@ class Scaler:
                 f"{x.shape}."
             )
         x = x.reshape(-1, len(columns))
-        mean = x.mean(axis=0)
-        std = x.std(axis=0)
+        return cls.from_std(columns, x.mean(axis=0), x.std(axis=0))
+
+    @classmethod
+    def from_std(cls, columns: Sequence[str], mean: np.ndarray, std: np.ndarray) -> Scaler:
+        """The scaler of per-column means and population standard deviations."""
         # Columns constant up to float32 rounding would blow up noise: leave them unscaled.
         constant = (std == 0) | (std <= 1e-6 * np.abs(mean))
-        return cls(list(columns), mean, np.where(constant, 1.0, std))
+        return cls(list(columns), np.asarray(mean), np.where(constant, 1.0, std))
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         """Standardizes x (..., D) to float32."""

@@ -14,12 +14,14 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from ser_jax.core import distributed
 from ser_jax.core.files import write_json_atomic
 from ser_jax.data import labels as labels_file
 from ser_jax.data import store
 from ser_jax.inference import bundle
 from ser_jax.models import registry
 from ser_jax.training import checkpoints, reference
+from ser_jax.training import input as host_input
 from ser_jax.training.metrics_log import MetricsLog
 from ser_jax.training.state import EarlyStopping, learning_rate
 from ser_jax.training.trainer import epoch_inputs, get_trainer, split_metrics, to_host
@@ -60,7 +62,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     labels, splits = load_splits(features_dir, registry.model_inputs(config.model))
     train = splits["train"]
     trainer = get_trainer(config, num_classes=len(labels), input_shape=train.x.shape[1:])
-    x_train, y_train = trainer.put_replicated(train.x), trainer.put_replicated(train.y)
+    # One process: the split resident on every device, batches gathered there. Several
+    # processes: each places its devices' rows of every batch (training/input.py).
+    host_batches = host_input.resolve(config.train.input) == "host"
+    if not host_batches:
+        x_train, y_train = trainer.put_replicated(train.x), trainer.put_replicated(train.y)
     eval_data = {name: (trainer.eval_batches(split.x), trainer.put_replicated(split.y))
                  for name, split in splits.items() if name != "train"}
 
@@ -90,7 +96,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     while epoch < config.train.epochs and not (history and stopper.should_stop(epoch - 1)):
         start = time.perf_counter()
         epoch_key, batches = epoch_inputs(trainer, seed_key, epoch, len(train.y))
-        state, totals = trainer.train_epoch(state, x_train, y_train, batches, epoch_key)
+        if host_batches:
+            state, totals = host_input.train_epoch(trainer, state, train.x, train.y, batches,
+                                                   epoch_key)
+        else:
+            state, totals = trainer.train_epoch(state, x_train, y_train, batches, epoch_key)
         val = evaluate(state.params, state.batch_stats, "val")
         lr = learning_rate(state)  # the rate this epoch trained with
         state = trainer.plateau_step(state, val["loss"])
@@ -122,10 +132,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     result = {"best_epoch": stopper.best_epoch + 1, "epochs_run": len(history),
               **{name: to_host(evaluate(params, batch_stats, name)) for name in eval_data}}
     if chief:
+        params, batch_stats = host_input.host_copy((params, batch_stats))
         bundle.save(workdir / "bundle", config, params, batch_stats, features_dir)
         reference.write_reference(workdir / "bundle", features_dir)
         write_json_atomic(workdir / "train_result.json", {**result, **made_with_record(
             config, features_dir)})
+    distributed.wait_for_peers("bundle")  # the others may read the bundle once this returns
     logging.info("best epoch %d: val %s", result["best_epoch"], result["val"])
     return result
 

@@ -44,6 +44,12 @@ class Trainer:
         self._train_steps = jax.jit(self._train_steps_impl, donate_argnums=(0, 1),
                                     static_argnames=("num_steps",))
         self._train_epoch = jax.jit(self._train_epoch_impl, donate_argnums=(0,))
+        # Batches placed by each process (training/input.py): epoch key folded with the step.
+        self.train_batch = jax.jit(
+            lambda state, totals, x, y, epoch_key_data, step: self._batch_step(
+                state, totals, x, y,
+                jax.random.fold_in(jax.random.wrap_key_data(epoch_key_data), step)),
+            donate_argnums=(0, 1))
         self._logits = jax.jit(self._logits_impl)
         self._init = jax.jit(self._init_impl, out_shardings=self.replicated)
         self.plateau_step = jax.jit(functools.partial(plateau_step, self.optimizer))
@@ -92,7 +98,10 @@ class Trainer:
 
     def _train_step(self, state: TrainState, totals: jax.Array, x_all, y_all, index, key):
         index = jax.lax.with_sharding_constraint(index, self.batch_sharded)
-        x, y = x_all[index], y_all[index]
+        return self._batch_step(state, totals, x_all[index], y_all[index], key)
+
+    def _batch_step(self, state: TrainState, totals: jax.Array, x, y, key):
+        """One step on a batch (x, y) already gathered (and placed batch-sharded)."""
         x, targets = batch_augment.augment_batch(x, y, jax.random.fold_in(key, 1),
                                                  self.config.train, self.num_classes)
         (loss, (logits, batch_stats)), grads = self._loss_and_grads(state, x, targets, key)
@@ -214,4 +223,6 @@ def split_metrics(logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
 
 
 def to_host(metrics: dict[str, jax.Array]) -> dict[str, float]:
-    return {name: float(value) for name, value in jax.device_get(metrics).items()}
+    """Replicated device scalars as floats (in a multi-process job: this process's copy)."""
+    return {name: float(np.asarray(value.addressable_data(0)) if isinstance(value, jax.Array)
+                        else value) for name, value in metrics.items()}

@@ -98,7 +98,8 @@ def test_manifest(run):
     _, out, config, _ = run
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["synthetic"] is True
-    assert manifest["data"] == config.data.to_dict()
+    assert manifest["data"] == {k: v for k, v in config.data.to_dict().items()
+                                if k not in pipeline.SHARD_KEYS}
     assert manifest["extractor_version"]
     assert manifest["counts"]["rows"] == {"train": 14, "val": 7, "test": 7}
     for split in splits.SPLITS:
@@ -181,7 +182,9 @@ def test_pitch_shift_is_shared_by_the_pitch_and_pitch_noise_rows(run, monkeypatc
     scan = corpora.scan_corpora(f"synthetic:{root / 'synthetic_corpus'}")
     waves, clips, _ = pipeline._load_audio(scan, config.data)
     indices = list(range(len(clips)))
-    jobs = [(indices, "pitch", jax.random.key(1)), (indices, "pitch_noise", jax.random.key(2))]
+    ids = np.arange(len(clips), dtype=np.uint32)
+    jobs = [(indices, "pitch", pipeline.clip_keys(jax.random.key(1), ids)),
+            (indices, "pitch_noise", pipeline.clip_keys(jax.random.key(2), ids))]
     shifts = []
     shift = augment.pitch_shift
     monkeypatch.setattr(augment, "pitch_shift", lambda *a, **k: shifts.append(1) or shift(*a, **k))
