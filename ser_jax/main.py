@@ -14,6 +14,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from ser_jax.core.files import write_json_atomic
+from ser_jax.core.process import barrier, is_chief
 from ser_jax.evaluation import cv, evaluate
 from ser_jax.features import pipeline
 from ser_jax.training import loop
@@ -44,19 +45,24 @@ def main(argv: list[str]) -> None:
     logging.get_absl_handler().addFilter(_only_our_info_messages)
     _maybe_initialize_distributed()
     config, workdir = FLAGS.config, Path(FLAGS.workdir)
-    if config.compilation_cache_dir:
+    if config.compilation_cache_dir and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         jax.config.update("jax_compilation_cache_dir",
                           str(Path(config.compilation_cache_dir).expanduser()))
-    workdir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(workdir / "config.json", config.to_dict())
+    if is_chief():  # the one process that writes shared files; the others wait for them
+        workdir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(workdir / "config.json", config.to_dict())
     logging.info("JAX %s on %d %s device(s); workdir %s", jax.__version__, jax.device_count(),
                  jax.default_backend(), workdir)
     if FLAGS.stage in ("features", "all"):
-        pipeline.prepare_features(config, workdir / "features")
+        if is_chief():
+            pipeline.prepare_features(config, workdir / "features")
+        barrier("features stage")
     if FLAGS.stage in ("train", "all"):
         loop.train_and_evaluate(config, workdir)
     if FLAGS.stage in ("evaluate", "all"):
-        evaluate.evaluate(workdir)
+        if is_chief():
+            evaluate.evaluate(workdir)
+        barrier("evaluate stage")
     if FLAGS.stage == "cv":
         cv.cross_validate(config, workdir)
 
