@@ -1,12 +1,13 @@
 """Feature extraction throughput: the JAX extractor vs librosa on the training recipe.
 
-Both paths take the same decoded RAVDESS waveforms (ser_jax.audio.load_clips; audio loading is
+Both paths take the same decoded RAVDESS waveforms (ser_jax.data.audio.load_clips; audio loading is
 excluded from both timings) and produce the 4-row training recipe per clip: none, noise,
 pitch +3 semitones, pitch + noise, each row reduced to the 270 features. librosa does it the
 seed's way, one clip at a time (librosa.effects.pitch_shift + the five librosa.feature calls);
-JAX does it the way ser_jax.prepare does: per recipe row, in batches (augment.augment, then
-extractor.extract_features). Both compute the pitch shift once per pitched row (twice per clip),
-and both are warmed up first (JAX compiles every shape, numba compiles librosa's kernels).
+JAX does it the way the features stage (ser_jax.features.pipeline) does: per recipe row, in
+batches (augment.augment, then extractor.extract_features). Both compute the pitch shift once
+per pitched row (twice per clip), and both are warmed up first (JAX compiles every shape,
+numba compiles librosa's kernels).
 
 First a JAX-only sweep over batch sizes (on CPU, extractor.map_chunks runs anything above 8 clips
 as chunks of 8), then JAX and librosa alternate every --compare-batch clips, so that both see
@@ -71,7 +72,7 @@ def librosa_recipe(waves: np.ndarray, sr: int, rng: np.random.Generator) -> np.n
 
 
 def jax_recipe(waves: np.ndarray, batch: int, sr: int, key: jax.Array) -> np.ndarray:
-    """(N, T) -> (N, 4, 270) as ser_jax.prepare does it: per recipe row, in padded batches."""
+    """(N, T) -> (N, 4, 270) as the features stage does it: per recipe row, in padded batches."""
     n = len(waves)
     padded = np.zeros((-(-n // batch) * batch, waves.shape[1]), np.float32)
     padded[:n] = waves

@@ -4,10 +4,10 @@
 
 Both modes train the seed model on the same seeded random rows as benchmarks/bench_train.py
 (N x 270 float32, 7 classes, resident on the device) with the same K trials, which differ in seed,
-learning rate and dropout rate: (a) ``vmap``, all trials together through ``ser_jax.trials``
-(TrialsTrainer, as ``train_trials`` drives it); (b) ``sequential``, each trial alone through the
-plain ``trainer_lib.Trainer`` (as ``train_and_evaluate`` drives it). Each trial trains one warm-up
-epoch, then --epochs timed epochs; an epoch is timed from its shuffle to
+learning rate and dropout rate: (a) ``vmap``, all trials together through a ``Trainer`` built
+with ``runs=K`` (as ``training.trials.train_trials`` drives it); (b) ``sequential``, each trial
+alone through the plain ``Trainer`` (as ``train_and_evaluate`` drives it). Each trial trains
+one warm-up epoch, then --epochs timed epochs; an epoch is timed from its shuffle to
 ``jax.block_until_ready`` on the new state and totals. ``samples_per_second`` counts
 trial-samples: K x rows per epoch, over the timed epochs' wall seconds. ``first_epoch_s`` is the
 first warm-up epoch (compilation included); ``compile_s`` the mode's XLA compile seconds (from
@@ -21,7 +21,6 @@ their last-epoch losses should agree closely (``max_loss_diff``).
 
 import argparse
 import dataclasses
-import functools
 import json
 import platform
 import sys
@@ -34,7 +33,6 @@ if str(REPO) not in sys.path:  # configs/ and benchmarks/ are not installed pack
     sys.path.insert(0, str(REPO))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.peers import common  # noqa: E402
@@ -104,21 +102,18 @@ def last_loss(totals) -> float:
     return float(loss_sum / count)
 
 
-def run_vmap(trainer: trainer_lib.Trainer, ts: list[trials.Trial], x_all, y_all, rows: int,
-             epochs: int) -> dict:
+def run_vmap(config, ts: list[trials.Trial], x: np.ndarray, y: np.ndarray, epochs: int) -> dict:
     """All trials as one vmapped program, as train_trials runs them; epoch 0 is the warm-up."""
     start, compiles = time.perf_counter(), COMPILES.snapshot()
-    many = trials.trials_trainer(trainer)
-    seed_keys = jax.vmap(jax.random.key)(jnp.asarray([t.seed for t in ts]))
-    # Placed on the trainer's mesh, as Trainer.init_state places one state. TrialsTrainer.init
-    # leaves the states unplaced, so its epoch function compiles a second time once its own
-    # mesh-placed output comes back: in epoch 2 of train_trials, here the first timed epoch.
-    states = jax.device_put(many.init(ts), trainer.replicated)
+    trainer = trainer_lib.get_trainer(config, num_classes=common.NUM_CLASSES,
+                                      input_shape=(common.INPUT_LENGTH,), runs=len(ts))
+    data = trainer_lib.DeviceData(trainer.put(x), trainer.put(y), [], trainer.put(y[:0]))
+    seeds = [t.seed for t in ts]
+    seed_keys = trainer.seed_keys(seeds)
+    states = trainer.init_state(seeds, [t.learning_rate for t in ts], [t.dropout for t in ts])
 
     def epoch_fn(states, epoch: int):
-        epoch_keys, batches = jax.vmap(functools.partial(
-            trainer_lib.epoch_inputs, trainer, epoch=epoch, num_rows=rows))(seed_keys)
-        return many.train_epoch(states, x_all, y_all, batches, epoch_keys)
+        return trainer.train_steps(states, data, seed_keys, epoch)
 
     timer = EpochTimer()
     for epoch in range(epochs + 1):
@@ -127,23 +122,21 @@ def run_vmap(trainer: trainer_lib.Trainer, ts: list[trials.Trial], x_all, y_all,
     return _result(timer, [0], start, compiles, losses)
 
 
-def run_sequential(trainer: trainer_lib.Trainer, ts: list[trials.Trial], x_all, y_all, rows: int,
+def run_sequential(config, ts: list[trials.Trial], x: np.ndarray, y: np.ndarray,
                    epochs: int) -> dict:
     """Each trial alone with the plain Trainer, as train_and_evaluate runs it; every trial's
     epoch 0 is a warm-up (the first one compiles)."""
     start, compiles = time.perf_counter(), COMPILES.snapshot()
-
-    def epoch_fn(state, seed_key, epoch: int):
-        epoch_key, batches = trainer_lib.epoch_inputs(trainer, seed_key, epoch, rows)
-        return trainer.train_epoch(state, x_all, y_all, batches, epoch_key)
-
+    trainer = trainer_lib.get_trainer(config, num_classes=common.NUM_CLASSES,
+                                      input_shape=(common.INPUT_LENGTH,))
+    data = trainer_lib.DeviceData(trainer.put(x), trainer.put(y), [], trainer.put(y[:0]))
     timer, warmups, losses = EpochTimer(), [], []
     for t in ts:
         state = trainer.init_state(t.seed, t.learning_rate, t.dropout)
-        seed_key = jax.random.key(t.seed)
+        seed_key = trainer.seed_keys(t.seed)
         warmups.append(len(timer.seconds))
         for epoch in range(epochs + 1):
-            state, totals = timer.time(epoch_fn, state, seed_key, epoch)
+            state, totals = timer.time(trainer.train_steps, state, data, seed_key, epoch)
         losses.append(last_loss(totals))
     return _result(timer, warmups, start, compiles, losses)
 
@@ -224,7 +217,6 @@ def main() -> None:
     x, y, _, _ = common.make_data("throughput", args.rows, args.batch_size, args.seed)
     trainer = trainer_lib.get_trainer(config, num_classes=common.NUM_CLASSES,
                                 input_shape=(common.INPUT_LENGTH,))
-    x_all, y_all = trainer.put_replicated(x), trainer.put_replicated(y)
     ts = make_trials(args.trials)
     device = jax.devices()[0]
     base = {"bench": "trials", "trials": len(ts), "batch_size": args.batch_size, "rows": len(y),
@@ -254,7 +246,7 @@ def main() -> None:
               f"epochs of {len(y)} rows, batch {args.batch_size}, loop {trainer.loop}",
               file=sys.stderr, flush=True)
         run = run_vmap if mode == "vmap" else run_sequential
-        result = run(trainer, ts, x_all, y_all, len(y), args.epochs)
+        result = run(config, ts, x, y, args.epochs)
         timed = sum(result["epoch_s"])
         counted = COMPILES.available and result["compiles"] > 0
         samples = len(ts) * len(y) * args.epochs

@@ -11,7 +11,8 @@ def get_config() -> ml_collections.ConfigDict:
     """Returns the default config."""
     config = ml_collections.ConfigDict()
     config.seed = 0
-    # Persistent XLA compilation cache shared by runs on this machine ('' turns it off).
+    # Persistent XLA compilation cache shared by runs on this machine ('' turns it off; the
+    # environment variable JAX_COMPILATION_CACHE_DIR, when set, wins: the tests use it).
     config.compilation_cache_dir = '~/.cache/ser-jax/xla'
 
     data = config.data = ml_collections.ConfigDict()
@@ -64,16 +65,19 @@ def get_config() -> ml_collections.ConfigDict:
     model.kernel_size = 3
     model.pool_size = 2
     model.dropout = 0.2
-    model.num_classes = 7
-    model.center = False  # temporal_cnn: remove each clip's mean log-mel (per band) first
-    # Member networks trained side by side in one program, each on its own loss, their class
-    # probabilities averaged: comma-separated variants, 'plain' or 'centered' (temporal_cnn
-    # only: as model.center=True). '' trains one network.
+    # temporal_cnn only: remove each clip's mean log-mel (per band) first (seed_cnn rejects it).
+    model.center = False
+    # The class count is not set here: it is the length of the features' labels.json.
+    # Member networks, each trained as its own run one after another (seed + K, own schedule
+    # and early stopping, in WORKDIR/members/K), their class probabilities averaged:
+    # comma-separated variants, 'plain' or 'centered' (temporal_cnn only: as model.center=True).
+    # '' trains one network.
     model.ensemble = ''
 
     train = config.train = ml_collections.ConfigDict()
-    # 64, not the seed's 16: on 2 CPU cores ser-jax's best loop (steps_per_call=16) trained 762
-    # samples/s at 64 against 338 at 16 (docs/benchmarks.md); the seed's 16 is one override away.
+    # 64, not the seed's 16: in round 1 of docs/benchmarks.md (2 CPU cores) ser-jax's best loop
+    # (steps_per_call=16) trained 762 samples/s at 64 against 338 at 16; round 2 found the work
+    # per CPU-second level across batch sizes. The seed's 16 is one override away.
     train.batch_size = 64
     train.epochs = 50
     train.learning_rate = 1e-3
@@ -83,8 +87,13 @@ def get_config() -> ml_collections.ConfigDict:
     train.min_learning_rate = 1e-6
     train.early_stop_patience = 4
     train.early_stop_min_delta = 1e-3
-    train.loop = 'auto'  # 'auto' (per backend), 'step' (unrolled steps per call), 'scan' (epoch)
-    train.steps_per_call = 1  # steps unrolled into one compiled call when loop is 'step'
+    # 'auto': 'scan' (one compiled epoch) on GPU/TPU, 'step' (steps_per_call steps unrolled per
+    # compiled call) on CPU, where XLA runs while-loops 10-20x slower (docs/benchmarks.md).
+    train.loop = 'auto'
+    # With loop 'step': 4 takes most of the measured CPU gain over 1 (1.23-1.25x the work per
+    # CPU-second at batch 64) for a small compile cost; 16 gains a little more for long runs
+    # but compiles 2-3x longer (docs/benchmarks.md, "ser-jax's CPU loop").
+    train.steps_per_call = 4
     # 'device': the train split resident on every device, batches gathered there (one process);
     # 'host': each process places its devices' rows of each batch (multi-process jobs);
     # 'auto': 'device' in one process, 'host' in several.
@@ -99,7 +108,6 @@ def get_config() -> ml_collections.ConfigDict:
     train.spec_augment.freq_masks = 0
     train.spec_augment.freq_width = 0
     train.mixup_alpha = 0.0  # > 0: mixup with weights from Beta(alpha, alpha)
-    train.checkpoint_every_epoch = True
 
     cv = config.cv = ml_collections.ConfigDict()
     # The cv stage: speaker-grouped k-fold cross-validation. Each fold's speakers are the test

@@ -76,7 +76,7 @@ def main(argv: list[str]) -> None:
     workdir = check_workdir(FLAGS.workdir)
     validate_config(config, FLAGS.stage)  # before anything is written
     distributed.initialize()
-    if config.compilation_cache_dir:
+    if config.compilation_cache_dir and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         jax.config.update("jax_compilation_cache_dir",
                           str(Path(config.compilation_cache_dir).expanduser()))
     if is_chief():

@@ -1,8 +1,10 @@
 """Shared fixtures: a small, learnable feature set in the data stage's parquet layout."""
 
 import json
+import os
 from pathlib import Path
 
+import jax
 import ml_collections
 import numpy as np
 import pandas as pd
@@ -74,3 +76,13 @@ def forbid_audio_loading(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("audio loaded although the cache is complete")
 
     monkeypatch.setattr(audio, "load_clips", no_audio)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory) -> Path:
+    """XLA's persistent compilation cache inside this session's tmp folder, not ~/.cache; the
+    subprocesses that tests start inherit it through JAX_COMPILATION_CACHE_DIR."""
+    directory = tmp_path_factory.mktemp("xla_cache")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(directory)
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    return directory

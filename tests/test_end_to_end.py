@@ -1,6 +1,7 @@
 """The main job end to end on the quick synthetic config, then evaluation and prediction."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ser_jax.data import store
 from ser_jax.evaluation import evaluate
 from ser_jax.evaluation.metrics import classification_metrics, confusion_matrix
 from ser_jax.inference import bundle
@@ -73,9 +75,17 @@ def test_predict_command_prints_json_lines(workdir):
 
 
 def test_evaluate_stage_reruns_from_the_bundle(workdir):
+    saved = json.loads((workdir / "evaluation" / "metrics.json").read_text())  # the main job's
+    shutil.rmtree(workdir / "evaluation")
     report = evaluate.evaluate(workdir)
-    saved = json.loads((workdir / "evaluation" / "metrics.json").read_text())
-    assert report["accuracy"] == saved["accuracy"]
+    assert report == saved
+    for name in ("metrics.json", "confusion_matrix.csv", "confusion_matrix.png",
+                 "predictions.csv"):
+        assert (workdir / "evaluation" / name).is_file(), name
+    # The same figures straight from the bundle and the test split.
+    model = bundle.load(workdir / "bundle")
+    x, y = store.load_inputs(workdir / "features", "test", model.labels)
+    assert (model.probabilities(x).argmax(1) == y).mean() == pytest.approx(report["accuracy"])
 
 
 def test_classification_metrics_match_hand_computed_values():

@@ -2,20 +2,18 @@
 
     .venv/bin/python -m benchmarks.peers.serjax_seed --batch-size 64 --loop step --steps-per-call 4
 
-Whole training set resident on the device (``put_replicated``), one ``train_epoch`` per epoch,
+Whole training set resident on the device (``Trainer.put``), one ``train_steps`` per epoch,
 synchronised at the end of each epoch. ``--loop``/``--steps-per-call`` override the config;
 left out, the library defaults apply.
 """
 
-import inspect
-
 import jax
-import ml_collections
 import numpy as np
 
 from benchmarks.peers import common
 from configs import default
-from ser_jax import models, train
+from ser_jax.models import registry
+from ser_jax.training import trainer as trainer_lib
 
 
 def main() -> None:
@@ -33,27 +31,25 @@ def main() -> None:
             config.train[key] = getattr(args, key)
     x, y, x_test, y_test = common.make_data(args.task, args.rows, args.batch_size, args.seed)
 
-    trainer = train.get_trainer(config, num_classes=common.NUM_CLASSES,
+    trainer = trainer_lib.get_trainer(config, num_classes=common.NUM_CLASSES,
                                 input_shape=(common.INPUT_LENGTH,))
-    state = init_state(trainer, config, args.seed)
-    common.check_sizes(models.count_parameters(state.params),
-                       models.count_parameters(state.batch_stats))
-    x_all, y_all = trainer.put_replicated(x), trainer.put_replicated(y)
+    state = trainer.init_state(args.seed, config.train.learning_rate, config.model.dropout)
+    common.check_sizes(registry.count_parameters(state.params),
+                       registry.count_parameters(state.batch_stats))
+    data = trainer_lib.DeviceData(trainer.put(x), trainer.put(y), [], trainer.put(y[:0]))
     seed_key = jax.random.key(args.seed + 1)
 
     clock = common.EpochClock()
     for epoch in range(args.epochs + 1):
         clock.start()
-        batches = trainer.epoch_batches(seed_key, epoch, len(y))
-        state, totals = trainer.train_epoch(state, x_all, y_all, batches,
-                                            jax.random.fold_in(seed_key, 10_000 + epoch))
+        state, totals = trainer.train_steps(state, data, seed_key, epoch)
         loss_sum, correct, count = np.asarray(jax.device_get(totals))
         clock.stop()
 
     def eval_accuracy(rows: np.ndarray, labels: np.ndarray) -> float:
-        batches = trainer.eval_batches(rows)
-        return common.accuracy(
-            np.asarray(trainer.logits(state.params, state.batch_stats, batches, len(rows))), labels)
+        accuracy = trainer.evaluate(state.params, state.batch_stats, trainer.eval_batches(rows),
+                                    trainer.put(labels))["accuracy"]
+        return float(jax.device_get(accuracy))
 
     variant = trainer.loop if trainer.loop == "scan" else f"step{config.train.steps_per_call}"
     device = jax.devices()[0]
@@ -67,13 +63,6 @@ def main() -> None:
         last_epoch_accuracy=round(float(correct / count), 4),
         train_accuracy=round(eval_accuracy(x, y), 4),
         test_accuracy=round(eval_accuracy(x_test, y_test), 4))
-
-
-def init_state(trainer: train.Trainer, config: ml_collections.ConfigDict, seed: int):
-    """Trainer.init_state, whether it takes the rates as state values or not (API in flux)."""
-    if "learning_rate" in inspect.signature(trainer.init_state).parameters:
-        return trainer.init_state(seed, config.train.learning_rate, config.model.dropout)
-    return trainer.init_state(seed)
 
 
 def _version(name: str) -> str:

@@ -6,6 +6,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 import numpy as np
+from absl import logging
 
 from ser_jax.data.corpora import Clip
 from ser_jax.data.errors import DatasetError
@@ -203,3 +204,32 @@ def _split_by_file(
             splits["train"].remove(moved)
             splits[name].append(moved)
     return splits
+
+
+def check_class_balance(clips: Sequence[Clip], splits: dict[str, list[int]],
+                        labels: Sequence[str], min_share: float, log: bool = True
+                        ) -> list[str]:
+    """Warnings for classes with no clips or fewer than ``min_share`` of the largest class;
+    DatasetError when a non-empty split lacks a class that another split has."""
+    counts = {split: {label: 0 for label in labels} for split in splits}
+    for split, indices in splits.items():
+        for i in indices:
+            counts[split][clips[i].emotion] = counts[split].get(clips[i].emotion, 0) + 1
+    totals = {label: sum(counts[split][label] for split in splits) for label in labels}
+    for split, indices in splits.items():
+        missing = [label for label in labels if indices and totals[label]
+                   and not counts[split][label]]
+        if missing:
+            raise DatasetError(
+                f"the {split} split has no clips of {', '.join(missing)}, which the other "
+                "splits have — give it more speakers (data.split.*_fraction or *_speakers) "
+                "or use --config.data.split.mode=file")
+    largest = max(totals.values(), default=0)
+    warnings = [f"class {label} has no clips in the corpus" for label in labels
+                if not totals[label]]
+    warnings += [f"class {label} has {totals[label]} clips, under {min_share:.0%} of the "
+                 f"largest class ({largest})" for label in labels
+                 if 0 < totals[label] < min_share * largest]
+    for warning in warnings if log else ():
+        logging.warning("features: %s", warning)
+    return warnings

@@ -6,9 +6,12 @@ rest: the recipe's rows (augmented copies included) of its training speakers onl
 with a scaler fit on those rows. Features are extracted once per clip and augmentation
 (pipeline.clip_features), not once per fold.
 
-    WORKDIR/cv/clip_features/  raw features of every clip under every recipe entry (a cache)
-    WORKDIR/cv/fold_XX/        one training workdir per fold: features/ (the features stage's
-                               layout), checkpoints/, bundle/, train_result.json, evaluation/
+    WORKDIR/cv/clip_features/  raw features of every clip under each recipe entry and "none"
+                               (a cache; pipeline.clip_features)
+    WORKDIR/cv/fold_XX/        one training workdir per fold (XX = 00, 01, ...): features/ (the
+                               features stage's layout), checkpoints/, metrics.jsonl,
+                               tensorboard/, bundle/, train_result.json, evaluation/ (and
+                               members/K/ for an ensemble)
     WORKDIR/cv/summary.json    per-fold and mean ± std accuracy, balanced accuracy, macro-F1;
                                per-class recall; the summed confusion matrix (also CSV and PNG)
     WORKDIR/cv/predictions.csv every clip's out-of-fold prediction and class probabilities
@@ -35,6 +38,7 @@ import pandas as pd
 from absl import logging
 
 from ser_jax.core.files import write_bytes_atomic, write_json_atomic
+from ser_jax.core.process import barrier, is_chief
 from ser_jax.data.corpora import Clip
 from ser_jax.data.errors import DatasetError
 from ser_jax.data.labels import label_names
@@ -43,14 +47,10 @@ from ser_jax.evaluation import evaluate
 from ser_jax.evaluation.metrics import classification_metrics
 from ser_jax.evaluation.report import format_table, write_confusion
 from ser_jax.features import feature_dir, pipeline
-from ser_jax.features.scaler import Scaler
-from ser_jax.training import loop
+from ser_jax.training import loop, settings
 
 FOLD_FORMAT_VERSION = 1  # bump when a fold's files or their meaning change
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
-# Settings that change how training runs, not what it computes: a fold trained with other values
-# of these is still finished.
-_EXECUTION_ONLY = ("loop", "steps_per_call", "eval_batch_size", "checkpoint_every_epoch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,34 +159,11 @@ def make_folds(groups: Sequence[Sequence[str]]) -> list[Fold]:
 # --------------------------------------------------------------------------- fold data
 
 
-def fold_frames(
-    clip_features: feature_dir.ClipFeatures, fold: Fold, recipe: Sequence[str]
-) -> tuple[dict[str, list[pd.DataFrame]], Scaler, feature_dir.Sequences | None,
-           list[tuple[str, str]]]:
-    """A fold's standardized rows in the parquet schema, its scaler, its standardized sequences
-    (when the clip features carry them) and its dropped rows.
-
-    Training speakers give one row per recipe entry, validation and test speakers their "none"
-    row; the scalers are fit on the training rows only. Non-finite rows are dropped and listed as
-    (path, reason).
-    """
+def fold_splits(clips: Sequence[Clip], fold: Fold) -> dict[str, list[int]]:
+    """The fold's clip indices per split (clips of speakers outside the fold are left out)."""
     role = {s: split for split in SPLITS for s in getattr(fold, split)}
-    clips = clip_features.clips
-    parts: list[pipeline.Part] = []
-    dropped = []
-    for split in SPLITS:
-        indices = [i for i, c in enumerate(clips) if role.get(c.speaker) == split]
-        for kind in recipe if split == "train" else ("none",):
-            seq = clip_features.sequences.get(kind)
-            part, bad = pipeline.finite_part(split, kind, indices,
-                                            clip_features.features[kind][indices],
-                                            None if seq is None else seq[indices])
-            dropped += [(clips[i].path, f"non-finite features ({kind})") for i in bad]
-            parts.append(part)
-    if not sum(len(x) for split, _, _, x, _ in parts if split == "train"):
-        raise DatasetError(f"Fold {fold.index} has no finite training rows.")
-    frames, scaler, sequences = pipeline.standardize_parts(parts, clips)
-    return frames, scaler, sequences, dropped
+    return {split: [i for i, c in enumerate(clips) if role.get(c.speaker) == split]
+            for split in SPLITS}
 
 
 def fold_fingerprint(config: ml_collections.ConfigDict, clip_features: feature_dir.ClipFeatures,
@@ -200,7 +177,7 @@ def fold_fingerprint(config: ml_collections.ConfigDict, clip_features: feature_d
         "fold": dataclasses.asdict(fold),
         "seed": config.seed,
         "model": config.model.to_dict(),
-        "train": {k: v for k, v in config.train.to_dict().items() if k not in _EXECUTION_ONLY},
+        "train": settings.result_settings(config.train),
     }
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
@@ -208,23 +185,12 @@ def fold_fingerprint(config: ml_collections.ConfigDict, clip_features: feature_d
 def write_fold_features(clip_features: feature_dir.ClipFeatures, fold: Fold, recipe: Sequence[str],
                         labels: list[str], out_dir: Path, fingerprint: str) -> None:
     """Writes the fold's features/ folder in the features stage's layout (atomically)."""
-    started = time.perf_counter()
-    frames, scaler, sequences, dropped = fold_frames(clip_features, fold, recipe)
-    manifest = {
-        "format_version": feature_dir.FORMAT_VERSION,
-        "fingerprint": fingerprint,
-        "cv_fold": fold.index,
-        "speakers": {split: list(getattr(fold, split)) for split in SPLITS},
-        "corpora": clip_features.corpus_spec,
-        "synthetic": clip_features.synthetic,
-        "recipe": list(recipe),
-        "labels": labels,
-        "counts": feature_dir.split_counts(frames, labels),
-        "rejects": {"count": len(dropped), "items": [{"path": p, "reason": r}
-                                                     for p, r in dropped]},
-        "timings": {},
-    }
-    feature_dir.write_feature_dir(out_dir, frames, labels, scaler, manifest, started, sequences)
+    manifest = {"fingerprint": fingerprint, "cv_fold": fold.index,
+                "speakers": {split: list(getattr(fold, split)) for split in SPLITS},
+                "corpora": clip_features.corpus_spec, "synthetic": clip_features.synthetic,
+                "recipe": list(recipe)}
+    pipeline.write_split_features(out_dir, clip_features, fold_splits(clip_features.clips, fold),
+                                  recipe, labels, manifest)
 
 
 def _stored_fingerprint(fold_dir: Path) -> str | None:
@@ -242,20 +208,25 @@ def run_fold(config: ml_collections.ConfigDict, clip_features: feature_dir.ClipF
     Returns the fold's evaluation report with its train_result.json under "training".
     """
     fingerprint = fold_fingerprint(config, clip_features, fold, recipe, labels)
-    if _stored_fingerprint(fold_dir) != fingerprint:
+    if is_chief() and _stored_fingerprint(fold_dir) != fingerprint:
         if fold_dir.exists():
             logging.warning("cv: %s was made from other data, speakers or settings; starting it "
                             "again", fold_dir)
             shutil.rmtree(fold_dir)
         write_fold_features(clip_features, fold, recipe, labels, fold_dir / "features",
                             fingerprint)
+    barrier(f"cv features {fold_dir}")
     if (fold_dir / "train_result.json").is_file():
         logging.info("cv: fold %d already trained (%s)", fold.index, fold_dir)
     else:
         loop.train_and_evaluate(config, fold_dir)
     out = fold_dir / "evaluation"
-    report = (json.loads((out / "metrics.json").read_text())
-              if (out / evaluate.PREDICTIONS_FILE).is_file() else evaluate.evaluate(fold_dir))
+    report = None
+    if is_chief() and not (out / evaluate.PREDICTIONS_FILE).is_file():
+        report = evaluate.evaluate(fold_dir)
+    barrier(f"cv evaluation {fold_dir}")  # the other processes read what process 0 wrote
+    if report is None:
+        report = json.loads((out / "metrics.json").read_text())
     training = json.loads((fold_dir / "train_result.json").read_text())
     return {**report, "training": training}
 
@@ -348,8 +319,12 @@ def cross_validate(config: ml_collections.ConfigDict, workdir: str | Path) -> di
     cv_dir = workdir / "cv"
     recipe = pipeline.parse_recipe(config.data.augment.recipe)
     labels = label_names(config.data)
-    clip_features = pipeline.clip_features(config, cv_dir / "clip_features",
-                                          [*recipe, "none"], workdir)
+    cache = cv_dir / "clip_features"
+    if is_chief():  # extracts (or reuses) the cache; the other processes then read it
+        clip_features = pipeline.clip_features(config, cache, [*recipe, "none"], workdir)
+    barrier(f"cv clip features {cache}")
+    if not is_chief():
+        clip_features = pipeline.clip_features(config, cache, [*recipe, "none"], workdir)
     folds = make_folds(assign_speakers(clip_features.clips, config.cv.folds, config.seed))
     logging.info("cv: %d folds over %d speakers and %d clips", len(folds),
                  sum(len(f.test) for f in folds), len(clip_features.clips))
@@ -371,7 +346,9 @@ def cross_validate(config: ml_collections.ConfigDict, workdir: str | Path) -> di
         "rejects": [{"path": p, "reason": r} for p, r in clip_features.rejects],
         **summarize(folds, reports, labels),
     }
-    write_summary(cv_dir, summary)
-    write_predictions(cv_dir, folds)
-    print(format_summary(summary), flush=True)
+    if is_chief():
+        write_summary(cv_dir, summary)
+        write_predictions(cv_dir, folds)
+        print(format_summary(summary), flush=True)
+    barrier(f"cv summary {cv_dir}")
     return summary

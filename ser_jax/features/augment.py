@@ -256,20 +256,35 @@ def augment(
 ) -> jax.Array:
     """Applies one augmentation (one of AUGMENTATIONS) to a batch (B, T) -> (B, T).
 
-    Deterministic for a key; "pitch" and "stretch" use no randomness. pitch_noise is pitch, then
-    noise.
+    Deterministic for ``key``: one key for the batch, or one per clip (shape (B,)), so that a
+    clip's result depends on its own key only (not on its batch or the other clips). "pitch" and
+    "stretch" use no randomness; pitch_noise is pitch, then noise.
     """
     waves = jnp.asarray(waves)
+    per_clip = jnp.ndim(key) == 1
+    noise, shift = (noise_rows, shift_rows) if per_clip else (add_noise, random_shift)
     if kind == "none":
         return waves
     if kind == "noise":
-        return add_noise(waves, key, noise_sigma)
+        return noise(waves, key, noise_sigma)
     if kind == "pitch":
         return pitch_shift(waves, sample_rate, pitch_semitones)
     if kind == "pitch_noise":
-        return add_noise(pitch_shift(waves, sample_rate, pitch_semitones), key, noise_sigma)
+        return noise(pitch_shift(waves, sample_rate, pitch_semitones), key, noise_sigma)
     if kind == "stretch":
         return time_stretch(waves, stretch_rate)
     if kind == "shift":
-        return random_shift(waves, key, int(round(shift_seconds * sample_rate)))
+        return shift(waves, key, int(round(shift_seconds * sample_rate)))
     raise ValueError(f"unknown augmentation {kind!r}; valid kinds: {', '.join(AUGMENTATIONS)}")
+
+
+@jax.jit
+def noise_rows(waves: jax.Array, keys: jax.Array, sigma: float) -> jax.Array:
+    """add_noise with one key per clip (keys (B,)): a clip's noise depends on its key only."""
+    return jax.vmap(lambda w, k: add_noise(w[None], k, sigma)[0])(jnp.asarray(waves), keys)
+
+
+@partial(jax.jit, static_argnames="max_shift")
+def shift_rows(waves: jax.Array, keys: jax.Array, max_shift: int) -> jax.Array:
+    """random_shift with one key per clip (keys (B,))."""
+    return jax.vmap(lambda w, k: random_shift(w[None], k, max_shift)[0])(jnp.asarray(waves), keys)

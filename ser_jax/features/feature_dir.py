@@ -28,6 +28,7 @@ from ser_jax.features import extractor as features
 from ser_jax.features.scaler import SCALER_FILE, SEQUENCE_SCALER_FILE, Scaler
 
 FORMAT_VERSION = 2  # bump when the layout or meaning of the written files changes
+# 2: augmentation keys per clip (seed, kind, speaker/file name), shared with the clip cache
 OUTPUT_FILES = ("train.parquet", "val.parquet", "test.parquet", "labels.json", "scaler.json",
                 "manifest.json")
 CLIP_FEATURES_VERSION = 2  # bump when clip_features' cache layout or keys change

@@ -1,16 +1,23 @@
-"""The `features` stage: corpora -> audio -> split -> augment -> features -> standardized parquet.
+"""The one feature pipeline: corpora -> audio -> augment + extract -> parts -> standardized files.
 
-Everything is built in a temp folder beside the output and renamed into place, so an interrupted
-run leaves either the previous output or none. A run whose inputs (audio files' paths, sizes and
-mtimes), data config, seed and extractor version match the output's manifest reuses it.
+Two entry points share every step. ``prepare_features`` (the features stage) splits the clips,
+extracts the recipe's rows of the training clips and the unaugmented rows of the validation and
+test clips, and writes a features folder. ``clip_features`` (the cv stage's input) extracts
+every clip under every requested augmentation once, into a cache; ``write_split_features``
+then writes any split of those clips (a cv fold) as a features folder of the same layout.
 
-With config.data.sequences the stage also stores each row's log-mel frame sequence (the
-temporal model's input) as {split}.sequences.npy beside {split}.parquet, same row order,
-standardized per band by sequence_scaler.json (fit on the training rows' frames).
+A row's augmentation key derives from the seed, the augmentation's name and the clip (its
+speaker and file name) only, so the same seed and clip give the same augmented row in both.
+Folders are written atomically (built beside the target, then swapped in). A run whose inputs
+(audio files' paths, sizes and mtimes), data config, seed and extractor version match the
+output's manifest reuses it. With config.data.sequences each row's log-mel frame sequence (the
+temporal model's input) is stored beside it, standardized per band.
 
-`clip_features` is the same scan -> load -> augment+extract core without the split: the raw
-features of every clip under every requested augmentation, cached on disk (the `cv` stage's
-input, where each clip is a training clip in some fold).
+Sharding: with config.data.num_shards = N > 1, ``prepare_features`` extracts only the clips of
+shard config.data.shard (by a stable hash of the clip path; the split is decided on the whole
+manifest first, so every shard agrees) and writes their raw rows and the scalers' sufficient
+statistics beside the output (shards.ShardRows); ``merge_features`` merges N shards (Chan's
+formula) into exactly the files the single-process stage writes. One process is N = 1.
 """
 
 from __future__ import annotations
@@ -18,13 +25,10 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import functools
-import hashlib
-import json
-import os
 import sys
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
@@ -35,29 +39,24 @@ import pandas as pd
 from absl import logging
 from tqdm import tqdm
 
+from ser_jax.core.batches import padded_batches
 from ser_jax.core.lists import parse_list
-from ser_jax.data import audio, corpora, store, synthetic
+from ser_jax.data import audio, corpora, store
 from ser_jax.data.errors import DatasetError
 from ser_jax.data.labels import label_names
-from ser_jax.data.splits import SPLITS, split_clips
-from ser_jax.features import augment, feature_dir, shards
+from ser_jax.data.splits import SPLITS, check_class_balance, split_clips
+from ser_jax.features import augment, feature_dir, inputs, shards
 from ser_jax.features import extractor as features
 from ser_jax.features.feature_dir import ClipFeatures, Sequences
 from ser_jax.features.scaler import Scaler
 
-SYNTHETIC_SEED = 0  # the demo corpus is fixed data; config.seed drives split and augmentation
 MAX_EXAMPLES = 20
-
-
 SHARD_KEYS = ("num_shards", "shard")  # which shard runs; not part of the features' identity
 
 
 def prepare_features(config: ml_collections.ConfigDict, out_dir: str | Path) -> Path:
-    """Runs the features stage into out_dir (see the module docstring); returns out_dir.
-
-    With config.data.num_shards > 1 it extracts only shard config.data.shard and writes it
-    beside out_dir (see shards.ShardRows.folder); merge_features then writes out_dir.
-    """
+    """Runs the features stage into out_dir (see the module docstring); returns out_dir, or the
+    shard's folder when config.data.num_shards > 1."""
     out_dir = Path(out_dir)
     data = config.data
     num_shards, shard = int(data.num_shards), int(data.shard)
@@ -72,9 +71,9 @@ def prepare_features(config: ml_collections.ConfigDict, out_dir: str | Path) -> 
             f"{out_dir} exists and holds files other than a features stage's output; "
             "choose an empty or new folder."
         )
-    spec, is_synthetic = _corpus_spec(data, out_dir.absolute().parent)
+    spec, is_synthetic = inputs.corpus_spec(data, out_dir.absolute().parent)
     scan = corpora.scan_corpora(spec, keep_boredom=data.keep_boredom)
-    fingerprint = _fingerprint(config, scan, data=_features_data(data))
+    fingerprint = inputs.fingerprint(config, scan, data=_features_data(data))
     damage = feature_dir.verify_reuse(out_dir, fingerprint, data.sequences)
     if damage is None:
         logging.info("features: reusing %s (same inputs, data config and extractor; files "
@@ -82,7 +81,7 @@ def prepare_features(config: ml_collections.ConfigDict, out_dir: str | Path) -> 
         return out_dir
     if damage:  # an output of the same inputs whose files do not hold what it recorded
         logging.warning("features: %s is damaged (%s); rebuilding it", out_dir, damage)
-    _require_clips(scan, spec)
+    inputs.require_clips(scan, spec)
     timings["scan_s"] = time.perf_counter() - started
     rows = _extract_shard(config, scan, fingerprint, shard, num_shards, timings)
     if num_shards > 1:
@@ -103,10 +102,10 @@ def merge_features(config: ml_collections.ConfigDict, out_dir: str | Path) -> Pa
     if out_dir.exists() and not feature_dir.replaceable(out_dir):
         raise DatasetError(f"{out_dir} exists and holds files other than a features stage's "
                            "output; choose an empty or new folder.")
-    spec, is_synthetic = _corpus_spec(data, out_dir.absolute().parent)
+    spec, is_synthetic = inputs.corpus_spec(data, out_dir.absolute().parent)
     scan = corpora.scan_corpora(spec, keep_boredom=data.keep_boredom)
-    _require_clips(scan, spec)
-    fingerprint = _fingerprint(config, scan, data=_features_data(data))
+    inputs.require_clips(scan, spec)
+    fingerprint = inputs.fingerprint(config, scan, data=_features_data(data))
     parts = [shards.ShardRows.read(out_dir, k, int(data.num_shards), fingerprint)
              for k in range(int(data.num_shards))]
     _write_merged(config, out_dir, parts, scan, spec, is_synthetic, started,
@@ -142,31 +141,29 @@ def _extract_shard(config: ml_collections.ConfigDict, scan: corpora.CorpusScan,
     flagged: list[tuple[str, str]] = []
     waves, loaded, rejects = audio.load_clips(
         [scan.clips[i].path for i in mine], sample_rate=data.sample_rate, offset=data.offset,
-        duration=data.duration, placement=data.get("placement", "offset"),
-        quality=audio.Quality.from_config(data.get("quality")), flagged=flagged)
+        duration=data.duration, placement=data.placement,
+        quality=audio.Quality.from_config(data.quality), flagged=flagged)
     timings["load_audio_s"] = time.perf_counter() - tick
     row = {mine[j]: r for r, j in enumerate(loaded)}
     failed = sorted(set(mine) - set(row))
     load_rejects = [(i, path, reason) for i, (path, reason) in zip(failed, rejects, strict=True)]
-    ids = np.asarray([shards.clip_id(scan.clips[mine[j]].path) for j in loaded], np.uint32)
 
-    jobs = [("train", kind) for kind in recipe] + [("val", "none"), ("test", "none")]
-    seed_key = jax.random.key(config.seed)
-    members = [[i for i in splits[split] if i in row] for split, _ in jobs]
     tick = time.perf_counter()
-    extracted = _extract_jobs(waves, [
-        ([row[i] for i in indices], kind,
-         clip_keys(jax.random.fold_in(seed_key, position), ids[[row[i] for i in indices]]))
-        for position, ((_, kind), indices) in enumerate(zip(jobs, members, strict=True))],
-        data)
+    jobs = split_jobs(splits, recipe)
+    members = [[i for i in splits[split] if i in row] for split, _ in jobs]
+    extracted = _extract_jobs(waves, [scan.clips[mine[j]] for j in loaded],
+                              [([row[i] for i in m], kind) for m, (_, kind)
+                               in zip(members, jobs, strict=True)], config.seed, data)
     timings["extract_s"] = time.perf_counter() - tick
     kept_indices, kept_x, kept_seq, nonfinite = [], [], [], []
     for j, (indices, (x, seq)) in enumerate(zip(members, extracted, strict=True)):
-        (_, _, kept, x, seq), dropped = finite_part("", "", indices, x, seq)
-        nonfinite += [(j, i) for i in dropped]
-        kept_indices.append(np.asarray(kept, np.int64))
-        kept_x.append(x)
-        kept_seq.append(seq)
+        finite = np.isfinite(x).all(axis=1)
+        if seq is not None:
+            finite &= np.isfinite(seq).all(axis=(1, 2))
+        nonfinite += [(j, i) for i, ok in zip(indices, finite, strict=True) if not ok]
+        kept_indices.append(np.asarray(indices, np.int64)[finite])
+        kept_x.append(x[finite])
+        kept_seq.append(None if seq is None else seq[finite])
     train = [j for j, (split, _) in enumerate(jobs) if split == "train"]
     moments = shards.Moments.of(np.concatenate([kept_x[j] for j in train]),
                                 len(features.FEATURE_NAMES))
@@ -210,7 +207,7 @@ def _write_merged(config: ml_collections.ConfigDict, out_dir: Path,
     rejects = sorted(r for p in parts for r in p.load_rejects)
     if len(rejects) == len(scan.clips):
         raise DatasetError(f"None of the {len(scan.clips)} clips could be loaded: "
-                           f"{_examples([(p, r) for _, p, r in rejects], 3)}.")
+                           f"{inputs.examples([(p, r) for _, p, r in rejects], 3)}.")
     items = [(p, r) for _, p, r in rejects] + [
         (scan.clips[i].path, f"non-finite features ({jobs[j][1]}, {jobs[j][0]})")
         for j, i in sorted(r for p in parts for r in p.nonfinite)]
@@ -230,8 +227,8 @@ def _write_merged(config: ml_collections.ConfigDict, out_dir: Path,
         "counts": feature_dir.split_counts(frames, labels),
         "rejects": {"count": len(items), "items": [{"path": p, "reason": r} for p, r in items]},
         "quality": {"gates": dataclasses.asdict(audio.Quality.from_config(data.quality)),
-                    "rejected": _reason_counts([(p, r) for _, p, r in rejects]), "flagged": {
-                        "count": len(flagged), "by_reason": _reason_counts(flagged),
+                    "rejected": inputs.reason_counts([(p, r) for _, p, r in rejects]), "flagged": {
+                        "count": len(flagged), "by_reason": inputs.reason_counts(flagged),
                         "items": [{"path": p, "reason": r} for p, r in flagged]},
                     "warnings": class_warnings},
         "skipped": {"count": len(scan.skipped), "examples": [
@@ -246,18 +243,43 @@ def _write_merged(config: ml_collections.ConfigDict, out_dir: Path,
     feature_dir.print_summary(out_dir, manifest)
 
 
-@jax.jit
-def _row_keys(key: jax.Array, ids: jax.Array) -> jax.Array:
-    return jax.vmap(lambda i: jax.random.fold_in(key, i))(ids)
+@dataclasses.dataclass
+class Part:
+    """One split's rows under one augmentation, unscaled."""
+
+    split: str
+    kind: str
+    indices: list[int]  # clip indices, in row order
+    x: np.ndarray  # (rows, 270) clip features
+    sequences: np.ndarray | None  # (rows, frames, 128) log-mel sequences, or None
 
 
-def clip_keys(key: jax.Array, ids: np.ndarray) -> jax.Array:
-    """One augmentation key per row: `key` folded with the row's shards.clip_id."""
-    return _row_keys(key, jnp.asarray(ids, jnp.uint32))
+def split_jobs(splits: dict[str, list[int]], recipe: Sequence[str]) -> list[tuple[str, str]]:
+    """(split, augmentation) of every part: the recipe for training, "none" for val and test."""
+    return [("train", kind) for kind in recipe] + [(split, "none") for split in SPLITS
+                                                   if split != "train"]
 
 
-Part = tuple[str, str, list[int], np.ndarray, np.ndarray | None]
-"""(split, augmentation, clip indices, raw clip features (n, 270), raw sequences or None)."""
+def make_parts(splits: dict[str, list[int]], recipe: Sequence[str],
+               rows: Callable[[str, str, list[int]], tuple[np.ndarray, np.ndarray | None]],
+               clips: Sequence[corpora.Clip]) -> tuple[list[Part], list[tuple[str, str]]]:
+    """The parts of a split (see split_jobs); ``rows(split, kind, indices)`` gives their raw
+    features and sequences. Rows with non-finite values are dropped and returned as
+    (path, reason)."""
+    parts, dropped = [], []
+    for split, kind in split_jobs(splits, recipe):
+        indices = list(splits[split])
+        x, sequences = rows(split, kind, indices)
+        finite = np.isfinite(x).all(axis=1)
+        if sequences is not None:
+            finite &= np.isfinite(sequences).all(axis=(1, 2))
+        dropped += [(clips[i].path, f"non-finite features ({kind}, {split})")
+                    for i, ok in zip(indices, finite, strict=True) if not ok]
+        parts.append(Part(split, kind, [i for i, ok in zip(indices, finite, strict=True) if ok],
+                          x[finite], None if sequences is None else sequences[finite]))
+    if not sum(len(p.x) for p in parts if p.split == "train"):
+        raise DatasetError("No training rows left after feature extraction.")
+    return parts, dropped
 
 
 def standardize_parts(parts: Sequence[Part], clips: Sequence[corpora.Clip]
@@ -267,23 +289,44 @@ def standardize_parts(parts: Sequence[Part], clips: Sequence[corpora.Clip]
     Returns each split's parquet frames, the clip-feature scaler and, when the parts carry
     sequences, the standardized sequences with their per-band scaler.
     """
-    train_x = [x for split, _, _, x, _ in parts if split == "train"]
-    if not train_x or sum(len(x) for x in train_x) == 0:
-        raise DatasetError("No training rows left after feature extraction.")
-    scaler = Scaler.fit(np.concatenate(train_x))
+    scaler = Scaler.fit(np.concatenate([p.x for p in parts if p.split == "train"]))
     frames: dict[str, list[pd.DataFrame]] = {name: [] for name in SPLITS}
-    for split, kind, indices, x, _ in parts:
-        frames[split].append(store.make_frame(scaler.transform(x), [clips[i] for i in indices],
-                                                kind))
-    if parts[0][4] is None:
+    for p in parts:
+        frames[p.split].append(store.make_frame(scaler.transform(p.x),
+                                                [clips[i] for i in p.indices], p.kind))
+    if parts[0].sequences is None:
         return frames, scaler, None
     sequence_scaler = Scaler.fit(
-        np.concatenate([seq for split, _, _, _, seq in parts if split == "train"]),
+        np.concatenate([p.sequences for p in parts if p.split == "train"]),
         columns=features.SEQUENCE_NAMES)
-    splits = {name: np.concatenate([sequence_scaler.transform(seq)
-                                    for split, _, _, _, seq in parts if split == name])
+    splits = {name: np.concatenate([sequence_scaler.transform(p.sequences)
+                                    for p in parts if p.split == name])
               for name in SPLITS}
     return frames, scaler, Sequences(splits, sequence_scaler)
+
+
+def write_split_features(out_dir: Path, clip_features: ClipFeatures,
+                         splits: dict[str, list[int]], recipe: Sequence[str], labels: list[str],
+                         manifest: dict) -> None:
+    """Writes a features folder (the features stage's layout) for a split of ``clip_features``'
+    clips: the recipe's rows of the training clips, the "none" rows of the others, scaled with
+    statistics of the training rows. ``manifest`` gets counts and the dropped rows."""
+    started = time.perf_counter()
+
+    def rows(_: str, kind: str, indices: list[int]) -> tuple[np.ndarray, np.ndarray | None]:
+        sequences = clip_features.sequences.get(kind)
+        return (clip_features.features[kind][indices],
+                None if sequences is None else sequences[indices])
+
+    parts, dropped = make_parts(splits, recipe, rows, clip_features.clips)
+    frames, scaler, sequences = standardize_parts(parts, clip_features.clips)
+    manifest = {**manifest, "format_version": feature_dir.FORMAT_VERSION,
+                "extractor_version": features.EXTRACTOR_VERSION, "labels": labels,
+                "counts": feature_dir.split_counts(frames, labels),
+                "rejects": {"count": len(dropped),
+                            "items": [{"path": p, "reason": r} for p, r in dropped]},
+                "timings": {}}
+    feature_dir.write_feature_dir(out_dir, frames, labels, scaler, manifest, started, sequences)
 
 
 def clip_features(
@@ -294,9 +337,9 @@ def clip_features(
 ) -> ClipFeatures:
     """Features of every clip of config.data's corpora under each of `kinds`, cached in cache_dir.
 
-    Each kind's augmentation key is derived from config.seed and the kind's name only, so a kind's
-    rows do not depend on which other kinds are asked for: cached kinds are reused and only the
-    missing ones are extracted (the audio is not even read when none is missing). The cache is
+    A row depends on config.seed, the kind and the clip only (as in prepare_features), not on
+    which other kinds are asked for: cached kinds are reused and only the missing ones are
+    extracted (the audio is not even read when none is missing). The cache is
     keyed like prepare_features' output (audio files, data config except the split and recipe,
     seed, extractor version) and rewritten atomically. The synthetic demo corpus, used when no
     corpus is configured, is written to corpus_root/synthetic_corpus.
@@ -304,10 +347,10 @@ def clip_features(
     cache_dir = Path(cache_dir)
     data = config.data
     kinds = list(dict.fromkeys(parse_recipe(",".join(kinds))))
-    spec, is_synthetic = _corpus_spec(data, Path(corpus_root))
+    spec, is_synthetic = inputs.corpus_spec(data, Path(corpus_root))
     scan = corpora.scan_corpora(spec, keep_boredom=data.keep_boredom)
-    _require_clips(scan, spec)
-    fingerprint = _fingerprint(config, scan, data=_clip_features_data(data),
+    inputs.require_clips(scan, spec)
+    fingerprint = inputs.fingerprint(config, scan, data=_clip_features_data(data),
                                purpose=f"clip_features/{feature_dir.CLIP_FEATURES_VERSION}")
     cached = feature_dir.read_clip_cache(cache_dir, fingerprint, data.sequences)
     if cached and all(kind in cached.features for kind in kinds):
@@ -315,7 +358,7 @@ def clip_features(
         return _select_kinds(cached, kinds)
 
     started = time.perf_counter()
-    waves, clips, rejects = _load_audio(scan, data)
+    waves, clips, rejects = inputs.load_audio(scan, data)
     result = cached or ClipFeatures(clips, {}, {}, rejects, scan.skipped, spec, is_synthetic,
                                     fingerprint)
     if [c.path for c in result.clips] != [c.path for c in clips]:  # files changed meanwhile
@@ -324,11 +367,9 @@ def clip_features(
     missing = [kind for kind in kinds if kind not in result.features]
     logging.info("features: extracting %s for %d clips into %s", ", ".join(missing), len(clips),
                  cache_dir)
-    seed_key = jax.random.key(config.seed)
-    ids = np.asarray([shards.clip_id(c.path) for c in clips], np.uint32)
-    jobs = [(range(len(clips)), kind, clip_keys(jax.random.fold_in(seed_key, _kind_key(kind)), ids))
-            for kind in missing]
-    for kind, (x, seq) in zip(missing, _extract_jobs(waves, jobs, data), strict=True):
+    jobs = [(list(range(len(clips))), kind) for kind in missing]
+    for kind, (x, seq) in zip(missing, _extract_jobs(waves, clips, jobs, config.seed, data),
+                              strict=True):
         result.features[kind] = x
         if seq is not None:
             result.sequences[kind] = seq
@@ -336,9 +377,18 @@ def clip_features(
     return _select_kinds(result, kinds)
 
 
-def _kind_key(kind: str) -> int:
-    """A stable 31-bit number per augmentation name (its key does not depend on list order)."""
-    return zlib.crc32(kind.encode()) & 0x7FFFFFFF
+def _stable_number(text: str) -> int:
+    """A stable 31-bit number for a name (Python's hash() changes between processes)."""
+    return zlib.crc32(text.encode()) & 0x7FFFFFFF
+
+
+def row_keys(seed: int, kind: str, clips: Sequence[corpora.Clip]) -> jax.Array:
+    """One augmentation key per clip: from the seed, the kind and the clip's speaker and file
+    name only (not its position, batch or the other clips)."""
+    kind_key = jax.random.fold_in(jax.random.key(seed), _stable_number(kind))
+    ids = np.asarray([_stable_number(f"{c.speaker}/{Path(c.path).name}") for c in clips],
+                     np.uint32)
+    return jax.vmap(lambda i: jax.random.fold_in(kind_key, i))(ids)
 
 
 def _clip_features_data(data: ml_collections.ConfigDict) -> dict:
@@ -355,104 +405,6 @@ def _select_kinds(result: ClipFeatures, kinds: Sequence[str]) -> ClipFeatures:
                                           if k in result.sequences})
 
 
-def _require_clips(scan: corpora.CorpusScan, spec: str) -> None:
-    if not scan.clips:
-        raise DatasetError(
-            f"No usable audio clips in {spec!r} ({len(scan.skipped)} skipped: "
-            f"{_examples(scan.skipped, 3)}); check the corpus paths and names."
-        )
-
-
-def _reason_counts(items: Sequence[tuple[str, str]]) -> dict[str, int]:
-    """How many clips each kind of reason (the text before its first colon) covers."""
-    counts: dict[str, int] = {}
-    for _, reason in items:
-        for part in reason.split("; "):
-            kind = part.split(":", 1)[0]
-            counts[kind] = counts.get(kind, 0) + 1
-    return counts
-
-
-def check_class_balance(clips: Sequence[corpora.Clip], splits: dict[str, list[int]],
-                        labels: Sequence[str], min_share: float, log: bool = True
-                        ) -> list[str]:
-    """Warnings for classes with no clips or fewer than ``min_share`` of the largest class;
-    DatasetError when a non-empty split lacks a class that another split has."""
-    counts = {split: {label: 0 for label in labels} for split in splits}
-    for split, indices in splits.items():
-        for i in indices:
-            counts[split][clips[i].emotion] = counts[split].get(clips[i].emotion, 0) + 1
-    totals = {label: sum(counts[split][label] for split in splits) for label in labels}
-    for split, indices in splits.items():
-        missing = [label for label in labels if indices and totals[label]
-                   and not counts[split][label]]
-        if missing:
-            raise DatasetError(
-                f"the {split} split has no clips of {', '.join(missing)}, which the other "
-                "splits have — give it more speakers (data.split.*_fraction or *_speakers) "
-                "or use --config.data.split.mode=file")
-    largest = max(totals.values(), default=0)
-    warnings = [f"class {label} has no clips in the corpus" for label in labels
-                if not totals[label]]
-    warnings += [f"class {label} has {totals[label]} clips, under {min_share:.0%} of the "
-                 f"largest class ({largest})" for label in labels
-                 if 0 < totals[label] < min_share * largest]
-    for warning in warnings if log else ():
-        logging.warning("features: %s", warning)
-    return warnings
-
-
-def _load_audio(scan: corpora.CorpusScan, data: ml_collections.ConfigDict,
-                flagged: list[tuple[str, str]] | None = None,
-                ) -> tuple[np.ndarray, list[corpora.Clip], list[tuple[str, str]]]:
-    """(waves (N, T), the N clips that loaded, rejects); raises when none loaded. The clips
-    kept with a quality flag are appended to ``flagged``."""
-    waves, loaded, rejects = audio.load_clips(
-        [c.path for c in scan.clips], sample_rate=data.sample_rate, offset=data.offset,
-        duration=data.duration, placement=data.get("placement", "offset"),
-        quality=audio.Quality.from_config(data.get("quality")), flagged=flagged,
-    )
-    clips = [scan.clips[i] for i in loaded]
-    if not clips:
-        raise DatasetError(
-            f"None of the {len(scan.clips)} clips could be loaded: {_examples(rejects, 3)}."
-        )
-    return waves, clips, rejects
-
-
-def _corpus_spec(data: ml_collections.ConfigDict, root: Path) -> tuple[str, bool]:
-    """The corpora spec to scan; an empty one means the synthetic demo corpus, written to
-    root/synthetic_corpus."""
-    spec = data.corpora.strip()
-    if spec:
-        return spec, False
-    root = synthetic.write_synthetic_corpus(
-        root.absolute() / "synthetic_corpus", speakers=data.synthetic.speakers,
-        clips_per_class=data.synthetic.clips_per_class, sample_rate=data.sample_rate,
-        seed=SYNTHETIC_SEED,
-    )
-    logging.info("features: no corpora configured, using the synthetic demo corpus in %s", root)
-    return f"synthetic:{root}", True
-
-
-def _fingerprint(config: ml_collections.ConfigDict, scan: corpora.CorpusScan,
-                 data: dict | None = None, purpose: str | None = None) -> str:
-    """A hash of the inputs: audio files (path, size, mtime), data config, seed, versions."""
-    files = []
-    for path in sorted({c.path for c in scan.clips} | {p for p, _ in scan.skipped}):
-        try:
-            st = os.stat(path)
-            files.append((path, st.st_size, st.st_mtime_ns))
-        except OSError:
-            files.append((path, -1, -1))
-    record = {"format": feature_dir.FORMAT_VERSION, "extractor": features.EXTRACTOR_VERSION,
-              "seed": config.seed, "data": config.data.to_dict() if data is None else data,
-              "files": files}
-    if purpose:
-        record["purpose"] = purpose
-    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
-
-
 def parse_recipe(spec: str) -> list[str]:
     """The augmentation kinds of a comma-separated recipe; DatasetError for unknown ones."""
     kinds = parse_list(spec)
@@ -465,38 +417,27 @@ def parse_recipe(spec: str) -> list[str]:
     return kinds
 
 
-def finite_part(split: str, kind: str, indices: Sequence[int], x: np.ndarray,
-                sequences: np.ndarray | None) -> tuple[Part, list[int]]:
-    """The Part of the rows whose features (and sequences) are all finite, and the clip
-    indices of the rows dropped."""
-    finite = np.isfinite(x).all(axis=1)
-    if sequences is not None:
-        finite &= np.isfinite(sequences).all(axis=(1, 2))
-    kept = [i for i, ok in zip(indices, finite, strict=True) if ok]
-    dropped = [i for i, ok in zip(indices, finite, strict=True) if not ok]
-    return (split, kind, kept, x[finite],
-            None if sequences is None else sequences[finite]), dropped
-
-
 def _extract_jobs(
     waves: np.ndarray,
-    jobs: Sequence[tuple[Sequence[int], str, jax.Array]],
+    clips: Sequence[corpora.Clip],
+    jobs: Sequence[tuple[Sequence[int], str]],
+    seed: int,
     data: ml_collections.ConfigDict,
 ) -> list[tuple[np.ndarray, np.ndarray | None]]:
     """Raw features (len(indices), 270) and, when data.sequences, raw log-mel sequences
-    (len(indices), frames, 128) of each (clip indices, augmentation, per-row keys) job."""
+    (len(indices), frames, 128) of each (clip indices, augmentation) job."""
     # One fixed batch shape for every call, so the extractor compiles once.
     batch = max(1, min(data.batch_size, len(waves)))
-    total = sum(len(indices) for indices, _, _ in jobs)
+    total = sum(len(indices) for indices, _ in jobs)
     # Clip sets that get both the pitch and the pitch_noise row: their pitch shift (the costliest
     # augmentation) is computed once, kept by the first of the two jobs for the second.
-    pitched = {tuple(indices) for indices, kind, _ in jobs if kind == "pitch"} & {
-        tuple(indices) for indices, kind, _ in jobs if kind == "pitch_noise"}
+    pitched = {tuple(indices) for indices, kind in jobs if kind == "pitch"} & {
+        tuple(indices) for indices, kind in jobs if kind == "pitch_noise"}
     shared = {key: {} for key in pitched}
     with tqdm(total=total, desc="features", unit="clip", file=sys.stderr) as bar:
-        return [_extract(waves, indices, kind, keys, batch, data, bar,
-                         shared.get(tuple(indices)))
-                for indices, kind, keys in jobs]
+        return [_extract(waves, indices, kind, row_keys(seed, kind, [clips[i] for i in indices]),
+                         batch, data, bar, shared.get(tuple(indices)))
+                for indices, kind in jobs]
 
 
 def _extract(
@@ -509,9 +450,8 @@ def _extract(
     bar: tqdm,
     pitched: dict[int, jax.Array] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Augments and extracts waves[indices] in padded batches: (len(indices), 270) features and
-    (len(indices), frames, 128) sequences or None. keys[r] is row r's augmentation key, so a
-    row does not depend on its batch (nor, in a sharded run, on its shard).
+    """Augments (row i with keys[i]) and extracts waves[indices] in zero-padded batches:
+    (len(indices), 270) features and (len(indices), frames, 128) sequences or None.
 
     `pitched`, when given, passes pitch-shifted batches between the pitch and pitch_noise jobs
     of the same clips: the first stores batch b's shifted waves, the second takes them (the
@@ -520,63 +460,30 @@ def _extract(
     frames = features.num_frames(waves.shape[1])
     out = [np.zeros((0, len(features.FEATURE_NAMES)), np.float32)]
     sequences = [np.zeros((0, frames, len(features.SEQUENCE_NAMES)), np.float32)]
-    chunk = np.zeros((batch, waves.shape[1]), np.float32)
-    for b, start in enumerate(range(0, len(indices), batch)):
-        rows = list(indices[start : start + batch])
-        chunk[: len(rows)] = waves[rows]
-        chunk[len(rows) :] = 0.0
-        batch_keys = keys[start : start + batch]
-        if len(rows) < batch:  # padding rows: any key
-            batch_keys = jnp.concatenate([batch_keys, keys[np.zeros(batch - len(rows), int)]])
+    key_rows = np.arange(len(indices))
+    for b, ((chunk, count), (key_index, _)) in enumerate(zip(
+            padded_batches(waves, batch, indices), padded_batches(key_rows, batch),
+            strict=True)):
+        batch_keys = keys[key_index]  # padding rows reuse row 0's key; their rows are dropped
         if pitched is not None and kind in ("pitch", "pitch_noise"):
             shifted = pitched.pop(b, None)
             if shifted is None:
                 shifted = pitched[b] = augment.pitch_shift(
                     jnp.asarray(chunk), data.sample_rate, data.augment.pitch_semitones)
             x = (shifted if kind == "pitch" else
-                 _noise_rows(shifted, batch_keys, data.augment.noise_sigma))
+                 augment.noise_rows(shifted, batch_keys, data.augment.noise_sigma))
         else:
-            x = _augment_rows(jnp.asarray(chunk), kind, batch_keys, data)
+            x = augment.augment(
+                jnp.asarray(chunk), kind, batch_keys, sample_rate=data.sample_rate,
+                noise_sigma=data.augment.noise_sigma,
+                pitch_semitones=data.augment.pitch_semitones,
+                stretch_rate=data.augment.stretch_rate, shift_seconds=data.augment.shift_seconds,
+            )
         if data.sequences:
             clip, seq = features.clip_and_sequence_features(x, data.sample_rate)
-            sequences.append(np.asarray(seq)[: len(rows)])
+            sequences.append(np.asarray(seq)[:count])
         else:
             clip = features.extract_features(x, data.sample_rate)
-        out.append(np.asarray(clip)[: len(rows)])
-        bar.update(len(rows))
+        out.append(np.asarray(clip)[:count])
+        bar.update(count)
     return np.concatenate(out), np.concatenate(sequences) if data.sequences else None
-
-
-@functools.partial(jax.jit, static_argnames="sigma")
-def _noise_rows(waves: jax.Array, keys: jax.Array, sigma: float) -> jax.Array:
-    """augment.add_noise with one key per row."""
-    return jax.vmap(lambda w, k: augment.add_noise(w[None], k, sigma)[0])(waves, keys)
-
-
-@functools.partial(jax.jit, static_argnames="max_shift")
-def _shift_rows(waves: jax.Array, keys: jax.Array, max_shift: int) -> jax.Array:
-    """augment.random_shift with one key per row."""
-    return jax.vmap(lambda w, k: augment.random_shift(w[None], k, max_shift)[0])(waves, keys)
-
-
-def _augment_rows(waves: jax.Array, kind: str, keys: jax.Array,
-                  data: ml_collections.ConfigDict) -> jax.Array:
-    """augment.augment's `kind` with one key per row (the random kinds draw per row)."""
-    a = data.augment
-    if kind == "noise":
-        return _noise_rows(waves, keys, a.noise_sigma)
-    if kind == "pitch_noise":
-        return _noise_rows(augment.pitch_shift(waves, data.sample_rate, a.pitch_semitones),
-                           keys, a.noise_sigma)
-    if kind == "shift":
-        return _shift_rows(waves, keys, int(round(a.shift_seconds * data.sample_rate)))
-    return augment.augment(waves, kind, keys[0], sample_rate=data.sample_rate,
-                           noise_sigma=a.noise_sigma, pitch_semitones=a.pitch_semitones,
-                           stretch_rate=a.stretch_rate, shift_seconds=a.shift_seconds)
-
-
-def _examples(items: Sequence[tuple[str, str]], limit: int) -> str:
-    shown = "; ".join(f"{path}: {reason}" for path, reason in items[:limit])
-    return shown + (f"; and {len(items) - limit} more" if len(items) > limit else "")
-
-

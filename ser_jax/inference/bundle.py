@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from ser_jax.core.batches import padded_batches
 from ser_jax.core.errors import DataError
 from ser_jax.core.files import atomic_directory, write_json_atomic
 from ser_jax.data import audio
@@ -76,21 +77,26 @@ class Bundle:
         return sorted(results, key=lambda r: order[str(r["path"])])
 
 
+def predict_log_probabilities(model: flax.linen.Module, variables: dict, x: np.ndarray,
+                              batch_size: int = 256) -> np.ndarray:
+    """``model``'s log class probabilities (rows, classes) for inputs ``x``, in zero-padded
+    batches of one shape (one compiled program)."""
+    if len(x) <= batch_size:
+        return np.asarray(_log_probabilities(model, variables, jnp.asarray(x)))
+    outputs = [np.asarray(_log_probabilities(model, variables, jnp.asarray(rows)))[:count]
+               for rows, count in padded_batches(x, batch_size)]
+    return np.concatenate(outputs)
+
+
 def predict_probabilities(model: flax.linen.Module, variables: dict, x: np.ndarray,
                           batch_size: int = 256) -> np.ndarray:
-    """``model``'s class probabilities (rows, classes) for inputs ``x``, in zero-padded batches
-    of one shape (one compiled program; rows do not interact at inference)."""
-    if len(x) <= batch_size:
-        return np.asarray(_predict(model, variables, jnp.asarray(x)))
-    padded = np.pad(x, ((0, -len(x) % batch_size),) + ((0, 0),) * (x.ndim - 1))
-    outputs = [np.asarray(_predict(model, variables, jnp.asarray(padded[i:i + batch_size])))
-               for i in range(0, len(padded), batch_size)]
-    return np.concatenate(outputs)[:len(x)]
+    """``model``'s class probabilities (rows, classes) for inputs ``x``."""
+    return np.exp(predict_log_probabilities(model, variables, x, batch_size))
 
 
 @partial(jax.jit, static_argnums=0)
-def _predict(model: flax.linen.Module, variables: dict, x: jax.Array) -> jax.Array:
-    return jax.nn.softmax(model.apply(variables, x, train=False))
+def _log_probabilities(model: flax.linen.Module, variables: dict, x: jax.Array) -> jax.Array:
+    return jax.nn.log_softmax(model.apply(variables, x, train=False))
 
 
 def save(directory: Path, config: ml_collections.ConfigDict, params: Any, batch_stats: Any,

@@ -66,6 +66,10 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int,
 
     variants = ensemble_variants(model_config)
     if not variants:
+        if model_config.get("center", False) and model_inputs(model_config) != "sequence":
+            raise ValueError(f"model.center=True removes each clip's mean over time, which needs "
+                             f"frame sequences; model.name={model_config.name!r} reads clip "
+                             "features: set model.center=False or model.name='temporal_cnn'")
         return network(model_config.get("center", False))
     return Ensemble(tuple(network(VARIANTS[v]) for v in variants))
 

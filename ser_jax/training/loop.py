@@ -1,12 +1,18 @@
-"""Training: the one epoch loop, early stopping, checkpoints, the bundle.
+"""Training: the one epoch loop (:func:`run_epochs`) and the train stage around it.
 
-Data flows one way: standardized parquet splits -> arrays resident on the device mesh -> epochs
-of jitted train steps -> per-epoch validation -> checkpoint -> bundle.
+Data flows one way: standardized splits -> arrays resident on the device mesh -> epochs of
+compiled train steps, each closed by validation and the plateau schedule -> one explicit
+device-to-host transfer per epoch -> early stopping, metrics log, checkpoint -> the bundle of
+the best epoch. ``run_epochs`` serves a single run (train_and_evaluate, cv folds, tuning trials)
+and vmapped runs (trials.train_trials) alike.
 """
 
 import dataclasses
+import math
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -14,17 +20,26 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ser_jax.core import distributed
 from ser_jax.core.files import write_json_atomic
-from ser_jax.data import labels as labels_file
+from ser_jax.core.process import barrier, is_chief
 from ser_jax.data import store
+from ser_jax.data.labels import read_labels
 from ser_jax.inference import bundle
 from ser_jax.models import registry
 from ser_jax.training import checkpoints, reference
-from ser_jax.training import input as host_input
 from ser_jax.training.metrics_log import MetricsLog
-from ser_jax.training.state import EarlyStopping, learning_rate
-from ser_jax.training.trainer import epoch_inputs, get_trainer, split_metrics, to_host
+from ser_jax.training.state import EarlyStopping, TrainState
+from ser_jax.training.trainer import DeviceData, Trainer, get_trainer, split_metrics
+
+EpochCallback = Callable[[dict], None]
+"""Called after each epoch (and its checkpoint) with the epoch's record: epoch, loss,
+accuracy, val_loss, val_accuracy, val_balanced_accuracy, learning_rate, seconds,
+samples_per_second. It may raise to stop training (e.g. optuna.TrialPruned); the exception
+propagates once the checkpoints are complete."""
+
+
+class TrainingDivergedError(ValueError):
+    """A training or validation loss became NaN or infinite."""
 
 
 @dataclasses.dataclass
@@ -39,7 +54,7 @@ def load_splits(features_dir: Path, inputs: str = "clip", with_train: bool = Tru
                 ) -> tuple[list[str], dict[str, SplitArrays]]:
     """Reads and validates train/val(/test) before any training starts (val/test only when not
     ``with_train``); ``inputs`` is the model's input kind (registry.model_inputs)."""
-    labels = labels_file.read_labels(features_dir)
+    labels = read_labels(features_dir)
     names = ["train", "val"] if with_train else ["val"]
     test_path = features_dir / "test.parquet"
     if store.num_rows(test_path):
@@ -48,96 +63,140 @@ def load_splits(features_dir: Path, inputs: str = "clip", with_train: bool = Tru
                     for name in names}
 
 
+def to_host(metrics: dict[str, jax.Array]) -> dict[str, float]:
+    """Device metrics as Python floats (one transfer)."""
+    return {name: float(value) for name, value in jax.device_get(metrics).items()}
+
+
+@dataclasses.dataclass
+class RunProgress:
+    """The host-side progress of one run: its early stopping and its epoch records."""
+
+    stopper: EarlyStopping
+    history: list[dict]
+
+    def finished(self, epochs: int) -> bool:
+        return len(self.history) >= epochs or (
+            bool(self.history) and self.stopper.should_stop(len(self.history) - 1))
+
+
+def run_epochs(trainer: Trainer, state: TrainState, data: DeviceData, seed_key: jax.Array,
+               runs: list[RunProgress], epochs: int,
+               after_epoch: Callable[[int, TrainState, dict, bool], None]) -> TrainState:
+    """The one epoch loop: trains until ``epochs`` or until every run stopped early.
+
+    ``trainer.runs`` is None for one run (``runs`` has one entry) or R for R vmapped runs
+    (``state`` and ``seed_key`` carry a leading run axis; a stopped run keeps computing, unused,
+    so all keep one shape). Each epoch runs under ``jax.transfer_guard("disallow")``: its only
+    transfers are explicit, and one ``jax.device_get`` brings its metrics to the host. Then, per
+    run still going: the record is checked (NaN or inf raises :class:`TrainingDivergedError`
+    before anything is saved), early stopping is updated, and ``after_epoch(run index, state,
+    record, improved)`` is called. Returns the last state.
+    """
+    epoch = len(runs[0].history)
+    while epoch < epochs and not all(run.finished(epochs) for run in runs):
+        start = time.perf_counter()
+        with jax.transfer_guard("disallow"):
+            state, metrics = trainer.train_epoch(state, data, seed_key, epoch)
+            fetched = jax.device_get(metrics)  # the epoch's one device-to-host transfer
+        seconds = time.perf_counter() - start
+        for index, run in enumerate(runs):
+            if run.finished(epochs):
+                continue
+            values = {name: float(value if trainer.runs is None else value[index])
+                      for name, value in fetched.items()}
+            record = {"epoch": epoch + 1, "loss": values["loss"], "accuracy": values["accuracy"],
+                      "val_loss": values["val_loss"], "val_accuracy": values["val_accuracy"],
+                      "val_balanced_accuracy": values["val_balanced_accuracy"],
+                      "learning_rate": values["learning_rate"], "seconds": seconds,
+                      "samples_per_second": values["count"] / seconds}
+            check_finite(record)
+            improved = run.stopper.update(epoch, record["val_loss"])
+            run.history.append(record)
+            after_epoch(index, state, record, improved)
+        epoch += 1
+    return state
+
+
+def check_finite(record: dict) -> None:
+    """Raises TrainingDivergedError naming the epoch when its loss or val_loss is not finite."""
+    bad = [f"{name} {record[name]}" for name in ("loss", "val_loss")
+           if not math.isfinite(record[name])]
+    if bad:
+        raise TrainingDivergedError(
+            f"training diverged in epoch {record['epoch']}: {', '.join(bad)} (learning rate "
+            f"{record['learning_rate']:.2e}). Lower train.learning_rate, or check the features "
+            "for extreme values (scaler.json, manifest.json rejects); the checkpoints keep the "
+            "last finite epoch and no bundle was written from this one.")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
-                       features_dir: str | Path | None = None) -> dict:
+                       features_dir: str | Path | None = None,
+                       on_epoch: EpochCallback | None = None) -> dict:
     """Trains on ``features_dir`` (default ``workdir/features``), checkpointing into ``workdir``.
 
-    Resumes from the latest checkpoint when one exists; leaves the inference bundle in
-    ``workdir/bundle``. Returns the best epoch with its validation (and test) metrics.
+    Resumes from the latest checkpoint when one exists (a finished run trains no epoch); leaves
+    the best epoch's inference bundle in ``workdir/bundle`` and ``train_result.json`` (written by
+    process 0; the others wait for them). ``on_epoch`` sees each trained epoch's record (see
+    :data:`EpochCallback`). Returns the best epoch and its validation (and test) metrics.
     """
     workdir = Path(workdir)
     features_dir = Path(features_dir) if features_dir else workdir / "features"
     if registry.ensemble_variants(config.model):
-        return train_ensemble(config, workdir, features_dir)
+        return train_ensemble(config, workdir, features_dir, on_epoch)
     labels, splits = load_splits(features_dir, registry.model_inputs(config.model))
-    train = splits["train"]
+    train, val = splits["train"], splits["val"]
     trainer = get_trainer(config, num_classes=len(labels), input_shape=train.x.shape[1:])
-    # One process: the split resident on every device, batches gathered there. Several
-    # processes: each places its devices' rows of every batch (training/input.py).
-    host_batches = host_input.resolve(config.train.input) == "host"
-    if not host_batches:
-        x_train, y_train = trainer.put_replicated(train.x), trainer.put_replicated(train.y)
-    eval_data = {name: (trainer.eval_batches(split.x), trainer.put_replicated(split.y))
-                 for name, split in splits.items() if name != "train"}
-
-    def evaluate(params, batch_stats, name: str) -> dict[str, jax.Array]:
-        batches, labels = eval_data[name]
-        return split_metrics(trainer.logits(params, batch_stats, batches, len(labels)), labels)
-
+    data = trainer.device_data(train.x, train.y, val.x, val.y)
     manager = checkpoints.open_manager(workdir / "checkpoints")
     made_with = {"model": config.model.to_dict(), "labels": labels,
                  "input_shape": list(train.x.shape[1:])}
-    seed_key = jax.random.key(config.seed)
     state = trainer.init_state(config.seed, config.train.learning_rate, config.model.dropout)
-    stopper = EarlyStopping(config.train.early_stop_min_delta, config.train.early_stop_patience)
-    history: list[dict] = []
-    best = jax.tree.map(jnp.copy, (state.params, state.batch_stats))
+    run = RunProgress(EarlyStopping(config.train.early_stop_min_delta,
+                                    config.train.early_stop_patience), [])
+    best: Any = None
     if manager.latest_step() is not None:
-        latest, best_state, progress = checkpoints.restore(
+        state, best_state, progress = checkpoints.restore(
             manager, trainer.abstract_state(), made_with)
-        state, best = latest, (best_state.params, best_state.batch_stats)
-        stopper = EarlyStopping.from_json(progress["early_stopping"])
-        history = progress["history"]
-        logging.info("resumed after epoch %d from %s", len(history), workdir / "checkpoints")
-    chief = jax.process_index() == 0  # the one process that writes logs and the bundle
-    log = MetricsLog(workdir, history, config.train.epochs) if chief else None
+        best = (best_state.params, best_state.batch_stats)
+        run = RunProgress(EarlyStopping.from_json(progress["early_stopping"]),
+                          progress["history"])
+        logging.info("resumed after epoch %d from %s", len(run.history), workdir / "checkpoints")
+    log = MetricsLog(workdir, run.history, config.train.epochs) if is_chief() else None
 
-    epoch = len(history)
-    while epoch < config.train.epochs and not (history and stopper.should_stop(epoch - 1)):
-        start = time.perf_counter()
-        epoch_key, batches = epoch_inputs(trainer, seed_key, epoch, len(train.y))
-        if host_batches:
-            state, totals = host_input.train_epoch(trainer, state, train.x, train.y, batches,
-                                                   epoch_key)
-        else:
-            state, totals = trainer.train_epoch(state, x_train, y_train, batches, epoch_key)
-        val = evaluate(state.params, state.batch_stats, "val")
-        lr = learning_rate(state)  # the rate this epoch trained with
-        state = trainer.plateau_step(state, val["loss"])
-        fetched = to_host({"loss_sum": totals[0], "correct": totals[1], "count": totals[2],
-                           "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-                           "learning_rate": lr})  # the epoch's one device-to-host transfer
-        seconds = time.perf_counter() - start
-        count = fetched["count"]
-        record = {"epoch": epoch + 1, "loss": fetched["loss_sum"] / count,
-                  "accuracy": fetched["correct"] / count, "val_loss": fetched["val_loss"],
-                  "val_accuracy": fetched["val_accuracy"],
-                  "learning_rate": fetched["learning_rate"], "seconds": seconds,
-                  "samples_per_second": count / seconds}
-        if stopper.update(epoch, record["val_loss"]):
-            # A copy: the next train step donates (reuses) the state's buffers.
+    def after_epoch(_: int, state: TrainState, record: dict, improved: bool) -> None:
+        nonlocal best
+        if improved:  # a copy: the next train step donates (reuses) the state's buffers
             best = jax.tree.map(jnp.copy, (state.params, state.batch_stats))
-        history.append(record)
         if log:
             log.write(record)
-        checkpoints.save(manager, epoch + 1, state, {"history": history, "made_with": made_with,
-                                                     "early_stopping": stopper.to_json()})
-        epoch += 1
-    manager.wait_until_finished()
-    manager.close()
-    if log:
-        log.close(stopper.best_epoch + 1)
+        checkpoints.save(manager, record["epoch"], state, {
+            "history": run.history, "made_with": made_with,
+            "early_stopping": run.stopper.to_json()})
+        if on_epoch:
+            on_epoch(dict(record))
 
+    try:
+        run_epochs(trainer, state, data, trainer.seed_keys(config.seed), [run],
+                   config.train.epochs, after_epoch)
+    finally:  # also when on_epoch raised: the saves it followed complete first
+        manager.wait_until_finished()
+        manager.close()
+        if log:
+            log.close(run.stopper.best_epoch + 1)
+    if best is None:
+        raise ValueError(f"train.epochs={config.train.epochs}: no epoch was trained; set it >= 1")
     params, batch_stats = best
-    result = {"best_epoch": stopper.best_epoch + 1, "epochs_run": len(history),
-              **{name: to_host(evaluate(params, batch_stats, name)) for name in eval_data}}
-    if chief:
-        params, batch_stats = host_input.host_copy((params, batch_stats))
+    result = {"best_epoch": run.stopper.best_epoch + 1, "epochs_run": len(run.history),
+              **{name: to_host(trainer.evaluate(params, batch_stats, trainer.eval_batches(s.x),
+                                                trainer.put(s.y)))
+                 for name, s in splits.items() if name != "train"}}
+    if is_chief():
         bundle.save(workdir / "bundle", config, params, batch_stats, features_dir)
         reference.write_reference(workdir / "bundle", features_dir)
         write_json_atomic(workdir / "train_result.json", {**result, **made_with_record(
             config, features_dir)})
-    distributed.wait_for_peers("bundle")  # the others may read the bundle once this returns
+    barrier(f"trained {workdir}")
     logging.info("best epoch %d: val %s", result["best_epoch"], result["val"])
     return result
 
@@ -148,21 +207,27 @@ def made_with_record(config: ml_collections.ConfigDict, features_dir: Path) -> d
                           "config": config.to_dict()}}
 
 
-def train_ensemble(config: ml_collections.ConfigDict, workdir: Path, features_dir: Path) -> dict:
-    """Trains each member that ``model.ensemble`` lists as its own run in
+def train_ensemble(config: ml_collections.ConfigDict, workdir: Path, features_dir: Path,
+                   on_epoch: EpochCallback | None = None) -> dict:
+    """Trains each member that ``model.ensemble`` lists, one after another, as its own run in
     ``workdir/members/K`` (seed ``config.seed + K``, its own schedule and early stopping; a
     killed run resumes member by member), then writes the ensemble's bundle and scores it.
 
-    Returns the ensemble's validation (and test) metrics, each member's result, and the members'
-    best epochs and epochs run as lists.
+    ``on_epoch`` records carry the member's index as ``member``. Returns the ensemble's
+    validation (and test) metrics, each member's result, and the members' best epochs and
+    epochs run as lists.
     """
     members = []
     for index, variant in enumerate(registry.ensemble_variants(config.model)):
         member = ml_collections.ConfigDict(config.to_dict())
         member.model = registry.member_config(config.model, variant)
         member.seed = config.seed + index
-        result = train_and_evaluate(member, workdir / "members" / str(index), features_dir)
+        report = None if on_epoch is None else (
+            lambda record, index=index: on_epoch({**record, "member": index}))
+        result = train_and_evaluate(member, workdir / "members" / str(index), features_dir,
+                                    report)
         members.append({"variant": variant, "seed": member.seed, **result})
+    # Each member's train_and_evaluate ended at a barrier after process 0 wrote its bundle.
     loaded = [bundle.load(workdir / "members" / str(k) / "bundle") for k in range(len(members))]
     params, batch_stats = ({f"members_{k}": b.variables[name] for k, b in enumerate(loaded)}
                            for name in ("params", "batch_stats"))
@@ -170,16 +235,16 @@ def train_ensemble(config: ml_collections.ConfigDict, workdir: Path, features_di
                                  with_train=False)  # the members have trained
     model = registry.create_model(config.model, len(labels))
     variables = {"params": params, "batch_stats": batch_stats}
-    tiny = np.finfo(np.float32).tiny  # log(0) would make the loss infinite
     scores = {name: to_host(split_metrics(
-        np.log(np.maximum(bundle.predict_probabilities(model, variables, split.x), tiny)),
-        split.y)) for name, split in splits.items()}
+        bundle.predict_log_probabilities(model, variables, split.x), split.y, len(labels)))
+        for name, split in splits.items()}
     result = {"best_epoch": [m["best_epoch"] for m in members],
               "epochs_run": [m["epochs_run"] for m in members], **scores, "members": members}
-    if jax.process_index() == 0:
+    if is_chief():
         bundle.save(workdir / "bundle", config, params, batch_stats, features_dir)
         reference.write_reference(workdir / "bundle", features_dir)
         write_json_atomic(workdir / "train_result.json", {**result, **made_with_record(
             config, features_dir)})
+    barrier(f"trained ensemble {workdir}")
     logging.info("ensemble of %d members: val %s", len(members), result["val"])
     return result

@@ -199,10 +199,8 @@ def test_clip_features_are_cached_and_extended_per_kind(run, tmp_path, monkeypat
     manifest = json.loads((cache / "manifest.json").read_text())
     assert manifest["kinds"] == ["noise", "none"] and len(manifest["clips"]) == SPEAKERS * 7
 
-    forbid_audio_loading(monkeypatch)
-    start = time.perf_counter()
+    forbid_audio_loading(monkeypatch)  # served from the cache: no audio is read
     cached = pipeline.clip_features(config, cache, ["none", "noise"], workdir)
-    assert time.perf_counter() - start < 5.0
     assert set(cached.features) == {"none", "noise"}
     assert cached.features["none"].shape == (SPEAKERS * 7, len(FEATURE_NAMES))
     assert not np.allclose(cached.features["none"], cached.features["noise"])
@@ -212,8 +210,8 @@ def test_clip_features_are_cached_and_extended_per_kind(run, tmp_path, monkeypat
     shutil.copytree(cache, copy)
     extracted = []
     real = pipeline._extract_jobs
-    monkeypatch.setattr(pipeline, "_extract_jobs", lambda waves, jobs, data: (
-        extracted.extend(kind for _, kind, _ in jobs) or real(waves, jobs, data)))
+    monkeypatch.setattr(pipeline, "_extract_jobs", lambda waves, clips, jobs, seed, data: (
+        extracted.extend(kind for _, kind in jobs) or real(waves, clips, jobs, seed, data)))
     more = pipeline.clip_features(config, copy, ["noise", "shift", "none"], workdir)
     assert extracted == ["shift"]  # only the missing kind
     for kind in ("none", "noise"):
@@ -233,9 +231,8 @@ def test_rerun_skips_finished_folds_and_resumes_an_unfinished_one(run, monkeypat
         return real(config, fold_dir)
 
     monkeypatch.setattr(loop, "train_and_evaluate", spy)
-    start = time.perf_counter()
     assert cv.cross_validate(config, workdir) == summary
-    assert trained == [] and time.perf_counter() - start < first / 2
+    assert trained == []
     assert {p: p.stat().st_mtime_ns for p in results} == before
     assert "mean" in capsys.readouterr().out
 
@@ -270,7 +267,9 @@ def test_a_fold_made_with_other_settings_starts_again(run, tmp_path, monkeypatch
 
     faster = config.copy_and_resolve_references()
     faster.train.eval_batch_size = 32  # how it runs, not what it computes: still finished
-    assert rerun(faster)["accuracy"] >= 0 and calls == []
+    stored = {**json.loads((fold_dir / "evaluation" / "metrics.json").read_text()),
+              "training": json.loads((fold_dir / "train_result.json").read_text())}
+    assert rerun(faster) == stored and calls == []
     wider = config.copy_and_resolve_references()
     wider.model.filters = 16
     assert rerun(wider)["training"]["epochs_run"] == 1

@@ -2,7 +2,6 @@
 cv stage training temporal_cnn folds (checkpoints, evaluation) and prediction from a bundle."""
 
 import json
-import time
 
 import jax
 import jax.numpy as jnp
@@ -150,10 +149,8 @@ def test_clip_cache_holds_sequences_and_is_reused(run, monkeypatch):
     cache = workdir / "cv" / "clip_features"
     assert (cache / f"none.{store.SEQUENCES_SUFFIX}").is_file()
 
-    forbid_audio_loading(monkeypatch)
-    start = time.perf_counter()
+    forbid_audio_loading(monkeypatch)  # served from the cache: no audio is read
     cached = pipeline.clip_features(config, cache, ["none", "noise"], workdir)
-    assert time.perf_counter() - start < 5.0
     assert cached.sequences["noise"].shape == (SPEAKERS * 7, FRAMES, BANDS)
     assert not np.allclose(cached.sequences["none"], cached.sequences["noise"])
 
