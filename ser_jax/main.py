@@ -2,7 +2,8 @@
 
 Stages: ``features`` (corpus -> parquet), ``train`` (parquet -> checkpoints + bundle),
 ``evaluate`` (bundle + test split -> report), ``all`` (the three in turn), ``cv`` (speaker-grouped
-k-fold cross-validation into WORKDIR/cv; not part of ``all``).
+k-fold cross-validation into WORKDIR/cv; not part of ``all``), ``tune`` (an Optuna study into
+WORKDIR/tune, configs/tune.py) and ``tune_train`` (tune, then train and evaluate the winner).
 """
 
 import logging as std_logging
@@ -20,7 +21,9 @@ FLAGS = flags.FLAGS
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for features, checkpoints, logs and reports.")
-flags.DEFINE_enum("stage", "all", ["features", "train", "evaluate", "all", "cv"], "What to run.")
+flags.DEFINE_enum("stage", "all",
+                  ["features", "train", "evaluate", "all", "cv", "tune", "tune_train"],
+                  "What to run.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -57,6 +60,14 @@ def main(argv: list[str]) -> None:
         evaluate.evaluate(workdir)
     if FLAGS.stage == "cv":
         cv.cross_validate(config, workdir)
+    if FLAGS.stage in ("tune", "tune_train"):
+        from ser_jax.tuning import study  # optuna is in the tuning extra
+
+        if FLAGS.stage == "tune":
+            study.run_tune(config, workdir)
+        else:
+            study.tune_and_train(config, workdir)
+            evaluate.evaluate(workdir)
 
 
 if __name__ == "__main__":

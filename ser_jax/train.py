@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -339,8 +340,13 @@ def load_splits(features_dir: Path, inputs: str = "clip", with_train: bool = Tru
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
-                       features_dir: str | Path | None = None) -> dict:
+                       features_dir: str | Path | None = None,
+                       on_epoch: Callable[[dict], None] | None = None) -> dict:
     """Trains on ``features_dir`` (default ``workdir/features``), checkpointing into ``workdir``.
+
+    ``on_epoch``, when given, is called after each epoch with that epoch's record ('epoch',
+    'loss', 'val_loss', 'val_accuracy', ...); an exception it raises propagates (tuning trials
+    report to Optuna and raise TrialPruned there).
 
     Resumes from the latest checkpoint when one exists; leaves the inference bundle in
     ``workdir/bundle``. Returns the best epoch with its validation (and test) metrics.
@@ -402,6 +408,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
         history.append(record)
         if log:
             log.write(record)
+        if on_epoch:
+            on_epoch(record)
         checkpoints.save(manager, epoch + 1, state, {"history": history, "made_with": made_with,
                                                      "early_stopping": stopper.to_json()})
         epoch += 1
