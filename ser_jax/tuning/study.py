@@ -59,7 +59,7 @@ def make_storage(config: ml_collections.ConfigDict, workdir: Path) -> optuna.sto
         return journal.JournalStorage(journal.JournalFileBackend(str(path)))
     return optuna.storages.RDBStorage(
         tune.storage, heartbeat_interval=tune.heartbeat_interval, grace_period=tune.grace_period,
-        failed_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback())
+        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback())
 
 
 def make_pruner(tune: ml_collections.ConfigDict) -> optuna.pruners.BasePruner:
@@ -330,7 +330,8 @@ def best_trials_table(study: optuna.Study, rows: int) -> pd.DataFrame:
 
 
 def importances(study: optuna.Study) -> dict[str, float] | str:
-    """Optuna's parameter importances (fANOVA), or why they cannot be computed yet."""
+    """Optuna's parameter importances (its default evaluator, PED-ANOVA in Optuna 5), or why
+    they cannot be computed yet."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if len(complete) < 2:
         return f"{len(complete)} complete trial(s): importances need at least 2"
@@ -373,7 +374,7 @@ def plot_importances(values: dict[str, float]) -> bytes:
     names = list(values)[::-1]
     figure, axes = plt.subplots(figsize=(6, 0.4 * len(names) + 1.2), dpi=100)
     axes.barh(names, [values[n] for n in names])
-    axes.set_xlabel("importance (fANOVA, normalized)")
+    axes.set_xlabel("importance (optuna.importance, normalized)")
     axes.set_title("parameter importances")
     return _png(figure)
 
