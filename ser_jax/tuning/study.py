@@ -218,6 +218,9 @@ def make_objective(config: ml_collections.ConfigDict, data: TuneData, trials_dir
                 shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the bundle stays
         except optuna.TrialPruned:
             raise
+        except KeyboardInterrupt:
+            trial.set_user_attr(FAIL_REASON, "interrupted (SIGINT)")
+            raise
         except Exception as error:
             trial.set_user_attr(FAIL_REASON, f"{type(error).__name__}: {error}"[:1000])
             raise
