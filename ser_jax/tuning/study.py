@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -78,14 +79,24 @@ def make_pruner(tune: ml_collections.ConfigDict) -> optuna.pruners.BasePruner:
 
 def open_study(config: ml_collections.ConfigDict, workdir: Path,
                pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
-    """Creates or loads the study ``tune.study_name`` (TPE seeded by ``config.seed``)."""
+    """Creates or loads the study ``tune.study_name`` with a TPE sampler.
+
+    The sampler's seed is ``config.seed`` plus the number of trials the study already holds, so
+    a study on one worker is reproducible and a resumed one does not draw its first trials'
+    parameters again. With database storage each worker also adds random bits: workers that
+    start together must not draw the same parameters.
+    """
     if config.tune.metric not in METRICS:
         raise ValueError(f"tune.metric={config.tune.metric!r}; valid: {', '.join(METRICS)}")
-    return optuna.create_study(
+    study = optuna.create_study(
         storage=make_storage(config, workdir), study_name=config.tune.study_name,
         direction=METRICS[config.tune.metric], load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=config.seed),
         pruner=pruner or make_pruner(config.tune))
+    seed = config.seed + len(study.get_trials(deepcopy=False))
+    if config.tune.storage:
+        seed += int.from_bytes(os.urandom(3), "little")
+    study.sampler = optuna.samplers.TPESampler(seed=seed)
+    return study
 
 
 def fail_orphaned_trials(study: optuna.Study) -> list[int]:
