@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,6 +49,12 @@ def tuned(tmp_path_factory, corpus):
         patch.setattr(dataset, "load_split", recording)
         summary = study.run_tune(_config(corpus), workdir)
     return workdir, summary, reads
+
+
+def with_features(tuned, path: Path) -> Path:
+    """A fresh workdir holding a copy of the tuned run's features (reused by fingerprint)."""
+    shutil.copytree(tuned[0] / "features", path / "features")
+    return path
 
 
 def worker(config_args: list[str], workdir: Path, **popen) -> subprocess.Popen:
@@ -167,21 +174,21 @@ def test_best_config_round_trips_into_train_stage(tuned, tmp_path):
     assert (out / "evaluation" / "metrics.json").is_file()  # trained and scored on the test split
 
 
-def test_pruning_prunes(tmp_path, corpus):
-    config = _config(corpus, metric="val_loss", trials=3)
-    data = study.prepare_data(config, tmp_path)
+def test_pruning_prunes(tmp_path, corpus, tuned):
+    config = _config(corpus, metric="val_loss", trials=2)
+    data = study.prepare_data(config, with_features(tuned, tmp_path))
     # val_loss is always above 0: every trial is pruned at its first report
     pruned = study.open_study(config, tmp_path, pruner=optuna.pruners.ThresholdPruner(upper=0.0))
     study.optimize(config, tmp_path, pruned, data)
     trials = pruned.get_trials()
-    assert [t.state for t in trials] == [TrialState.PRUNED] * 3
+    assert [t.state for t in trials] == [TrialState.PRUNED] * 2
     assert all(list(t.intermediate_values) == [1] for t in trials)  # stopped after epoch 1
 
 
-def test_failing_trials_do_not_stop_the_study(tmp_path, corpus):
+def test_failing_trials_do_not_stop_the_study(tmp_path, corpus, tuned):
     config = _config(corpus, trials=3)
     config.tune.spaces.seed_cnn.batch_size.choices = (8, 4096)
-    data = study.prepare_data(config, tmp_path)
+    data = study.prepare_data(config, with_features(tuned, tmp_path))
     failing = study.open_study(config, tmp_path)
     failing.enqueue_trial({"batch_size": 4096})  # more than the training rows
     failing.enqueue_trial({"learning_rate": 1e30, "batch_size": 8})  # the loss overflows
@@ -193,11 +200,11 @@ def test_failing_trials_do_not_stop_the_study(tmp_path, corpus):
     assert "NonFiniteLoss" in second.user_attrs[study.FAIL_REASON]
 
 
-def test_killed_study_resumes_from_journal(corpus, tmp_path):
+def test_killed_study_resumes_from_journal(corpus, tuned, tmp_path):
     """A worker SIGKILLed mid-trial; the next run marks its trial FAIL and runs the rest."""
     config = tuning_config.get_config()
-    args = [f"--config.data.corpora=synthetic:{corpus}", "--config.tune.trials=3"]
-    workdir = tmp_path / "work"
+    args = [f"--config.data.corpora=synthetic:{corpus}", "--config.tune.trials=2"]
+    workdir = with_features(tuned, tmp_path / "work")
     process = worker([*args, "--config.train.epochs=40",
                       "--config.train.early_stop_patience=40"], workdir)
     wait_for_running(lambda: optuna.load_study(
@@ -205,13 +212,15 @@ def test_killed_study_resumes_from_journal(corpus, tmp_path):
     process.send_signal(signal.SIGKILL)
     process.communicate()
     resumed = worker(args, workdir)
-    output = resumed.communicate(timeout=300)[0]
+    output = resumed.communicate(timeout=600)[0]
     assert resumed.returncode == 0, output[-3000:]
     trials = study.open_study(config, workdir).get_trials()
     assert trials[0].state == TrialState.FAIL
     assert "killed worker" in trials[0].user_attrs[study.FAIL_REASON]
-    assert [t.state for t in trials[1:]] == [TrialState.COMPLETE] * 3
-    assert "trial    3 COMPLETE" in output
+    assert [t.state for t in trials[1:]] == [TrialState.COMPLETE] * 2
+    assert "trial    2 COMPLETE" in output
+    # the resumed sampler does not draw the killed trial's parameters again
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 3
 
 
 def test_trainer_calls_on_epoch(feature_dir, tmp_path):

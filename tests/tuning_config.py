@@ -15,7 +15,6 @@ def get_config():
     config.train.epochs = 2
     config.train.batch_size = 8
     config.train.eval_batch_size = 64
-    config.compilation_cache_dir = ''
     config.tune.trials = 2
     config.tune.pruner = 'none'
     space = config.tune.spaces.seed_cnn
