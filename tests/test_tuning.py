@@ -153,10 +153,10 @@ def test_test_speakers_never_read(tuned):
     speakers = {split: set() for split in ("train", "val")}
     for path in reads:
         speakers[path.stem] |= set(pd.read_parquet(path, columns=["speaker"])["speaker"])
-    assert speakers == {"train": {"synthetic_00", "synthetic_01"}, "val": {"synthetic_02"}}
+    assert speakers == {"train": {"synthetic_01", "synthetic_02"}, "val": {"synthetic_03"}}
     # the features stage did extract the test speaker (for the final model), the trials did not
     assert set(pd.read_parquet(workdir / "features" / "test.parquet")["speaker"]) == {
-        "synthetic_03"}
+        "synthetic_04"}
 
 
 def test_best_config_round_trips_into_train_stage(tuned, tmp_path):

@@ -1,7 +1,7 @@
 """A tiny tune config for the tuning tests (in-process and as --config= for worker processes).
 
-Set data.corpora to a synthetic corpus folder (the tests write one); speakers synthetic_00..03:
-02 validates, 03 is the test speaker the study must never read.
+Set data.corpora to a synthetic corpus folder (the tests write one); speakers synthetic_01..04:
+03 validates, 04 is the test speaker the study must never read.
 """
 
 from configs import tune
@@ -10,8 +10,8 @@ from configs import tune
 def get_config():
     config = tune.get_config()
     config.data.augment.recipe = 'none'
-    config.data.split.val_speakers = 'synthetic_02'
-    config.data.split.test_speakers = 'synthetic_03'
+    config.data.split.val_speakers = 'synthetic_03'
+    config.data.split.test_speakers = 'synthetic_04'
     config.train.epochs = 2
     config.train.batch_size = 8
     config.train.eval_batch_size = 64

@@ -111,7 +111,7 @@ The study's full config (study_config.json beside this file) with the best param
 Use it as any config: --config={path} --stage=train (or cv), plus --config.* overrides.
 """
 
-import pprint
+import json
 from pathlib import Path
 
 import ml_collections
