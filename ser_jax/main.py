@@ -5,7 +5,8 @@ Stages: ``features`` (corpus -> parquet), ``train`` (parquet -> checkpoints + bu
 k-fold cross-validation into WORKDIR/cv; not part of ``all``), ``monitor`` (drift of
 ``--monitor_paths`` against WORKDIR/bundle's reference into WORKDIR/monitor; exits 3 on drift),
 ``merge_features`` (the shards written by ``features --config.data.num_shards=N
---config.data.shard=K`` -> the features folder).
+--config.data.shard=K`` -> the features folder), ``tune`` (an Optuna study into WORKDIR/tune,
+configs/tune.py) and ``tune_train`` (tune, then train and evaluate the winner).
 
 The config is validated before anything is written; ``WORKDIR/config.json`` is written once a
 stage has finished, so it always describes the outputs there. Mistakes end in one line
@@ -35,7 +36,7 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for features, checkpoints, logs and reports.")
 flags.DEFINE_enum("stage", "all", ["features", "merge_features", "train", "evaluate", "all", "cv",
-                                   "monitor"], "What to run.")
+                                   "tune", "tune_train", "monitor"], "What to run.")
 flags.DEFINE_list("monitor_paths", [], "--stage=monitor: audio files, folders or a features "
                   "parquet to compare with the bundle's training reference.")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -110,6 +111,17 @@ def main(argv: list[str]) -> None:
     if FLAGS.stage == "cv":
         cv.cross_validate(config, workdir)
         finished("cv", [workdir / "cv"])
+    if FLAGS.stage in ("tune", "tune_train"):
+        from ser_jax.tuning import study  # optuna is in the tuning extra
+
+        if FLAGS.stage == "tune":
+            study.run_tune(config, workdir)
+            finished("tune", [workdir / "tune"])
+        else:
+            train_result = study.tune_and_train(config, workdir)
+            report = evaluate.evaluate(workdir)
+            finished("tune_train", [workdir / "tune", workdir / "bundle", workdir / "evaluation"])
+            print(summary(workdir, train_result, report), flush=True)
     if FLAGS.stage == "monitor":
         if not FLAGS.monitor_paths:
             raise UsageError("--stage=monitor needs --monitor_paths=PATH[,PATH...]")

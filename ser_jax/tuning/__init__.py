@@ -1,0 +1,1 @@
+"""Hyperparameter tuning with Optuna (the tune and tune_train stages)."""
