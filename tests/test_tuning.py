@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from ser_jax import dataset, synthetic, train
+from ser_jax.data import store, synthetic
+from ser_jax.training import loop as train
 from ser_jax.tuning import space, study
 from tests import tuning_config
 
@@ -39,14 +40,14 @@ def tuned(tmp_path_factory, corpus):
     """One run of the tune stage (2 trials), recording every split file a trial reads."""
     workdir = tmp_path_factory.mktemp("tuned")
     reads = []
-    original = dataset.load_split
+    original = store.load_split
 
     def recording(path, labels):
         reads.append(Path(path))
         return original(path, labels)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(dataset, "load_split", recording)
+        patch.setattr(store, "load_split", recording)
         summary = study.run_tune(_config(corpus), workdir)
     return workdir, summary, reads
 
@@ -197,7 +198,7 @@ def test_failing_trials_do_not_stop_the_study(tmp_path, corpus, tuned):
     assert (first.state, second.state, third.state) == (TrialState.FAIL, TrialState.FAIL,
                                                         TrialState.COMPLETE)
     assert "fewer than train.batch_size=4096" in first.user_attrs[study.FAIL_REASON]
-    assert "NonFiniteLoss" in second.user_attrs[study.FAIL_REASON]
+    assert "TrainingDivergedError" in second.user_attrs[study.FAIL_REASON]
 
 
 def test_killed_study_resumes_from_journal(corpus, tuned, tmp_path):

@@ -9,7 +9,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from ser_jax import synthetic
+from ser_jax.data import synthetic
 from ser_jax.tuning import study
 from tests import tuning_config
 from tests.postgres import postgres_url  # noqa: F401 - the session fixture

@@ -15,7 +15,7 @@ from typing import Any
 import ml_collections
 import optuna
 
-from ser_jax.files import write_bytes_atomic, write_json_atomic
+from ser_jax.core.files import write_bytes_atomic, write_json_atomic
 
 KINDS = ("int", "float", "log_float", "categorical")
 

@@ -33,15 +33,19 @@ from optuna.storages import journal
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from ser_jax import bundle, cv, dataset, evaluate, models, prepare, train
-from ser_jax.files import atomic_directory, write_bytes_atomic, write_json_atomic
+from ser_jax.core.files import atomic_directory, write_bytes_atomic, write_json_atomic
+from ser_jax.data.labels import label_names
+from ser_jax.evaluation import cv
+from ser_jax.features import pipeline
+from ser_jax.features.scaler import SEQUENCE_SCALER_FILE
+from ser_jax.training import loop
 from ser_jax.tuning import space
 
 METRICS = {"balanced_accuracy": "maximize", "val_loss": "minimize"}
 FAIL_REASON = "fail_reason"
 # What a trial reads: the train and val files of a features folder (never test.*).
 _DEV_FILES = ("train.parquet", "val.parquet", "train.sequences.npy", "val.sequences.npy",
-              "labels.json", "scaler.json", dataset.SEQUENCE_SCALER_FILE, "manifest.json")
+              "labels.json", "scaler.json", SEQUENCE_SCALER_FILE, "manifest.json")
 
 
 # --------------------------------------------------------------------------- study
@@ -135,16 +139,16 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> TuneData:
     tune_dir = workdir / "tune"
     if config.tune.folds:
         return _fold_data(config, workdir)
-    features_dir = prepare.prepare_features(config, workdir / "features")
+    features_dir = pipeline.prepare_features(config, workdir / "features")
     return TuneData(("",), (dev_features(features_dir, tune_dir / "dev_features"),))
 
 
 def _fold_data(config: ml_collections.ConfigDict, workdir: Path) -> TuneData:
     """k speaker-grouped folds of the non-test speakers: fold j validates on group j and trains on
     the others; features from the cv stage's clip cache."""
-    recipe = prepare.parse_recipe(config.data.augment.recipe)
-    labels = prepare.label_names(config.data)
-    clip_features = prepare.clip_features(config, workdir / "cv" / "clip_features",
+    recipe = pipeline.parse_recipe(config.data.augment.recipe)
+    labels = label_names(config.data)
+    clip_features = pipeline.clip_features(config, workdir / "cv" / "clip_features",
                                           [*recipe, "none"], workdir)
     test = {s.strip() for s in config.data.split.test_speakers.split(",") if s.strip()}
     if not test:
@@ -177,21 +181,10 @@ def _manifest_fingerprint(directory: Path) -> str | None:
 # --------------------------------------------------------------------------- objective
 
 
-class NonFiniteLoss(FloatingPointError):
-    """Training produced a NaN or infinite loss."""
-
-
-def score(trial_dir: Path, features_dir: Path, metric: str, result: dict) -> float:
-    """The trial's value: val_loss of the best epoch, or the balanced accuracy of its bundle's
-    predictions on the validation rows."""
-    if metric == "val_loss":
-        return float(result["val"]["loss"])
-    loaded = bundle.load(trial_dir / "bundle")
-    x, y = dataset.load_inputs(features_dir, "val", loaded.labels,
-                               models.model_inputs(loaded.config.model))
-    predicted = loaded.probabilities(x).argmax(-1)
-    matrix = evaluate.confusion_matrix(y, predicted, len(loaded.labels))
-    return evaluate.classification_metrics(matrix, loaded.labels)["balanced_accuracy"]
+def score(metric: str, result: dict) -> float:
+    """The trial's value: the best epoch's val_loss or balanced accuracy on the validation rows
+    (train_and_evaluate scores the best epoch's weights)."""
+    return float(result["val"]["loss" if metric == "val_loss" else "balanced_accuracy"])
 
 
 def make_objective(config: ml_collections.ConfigDict, data: TuneData, trials_dir: Path
@@ -212,19 +205,16 @@ def make_objective(config: ml_collections.ConfigDict, data: TuneData, trials_dir
             for j, (name, features_dir) in enumerate(zip(data.names, data.dirs, strict=True)):
                 run_dir = trial_dir / name if name else trial_dir
 
-                def on_epoch(record: dict, j: int = j) -> None:
-                    if not (math.isfinite(record["loss"]) and math.isfinite(record["val_loss"])):
-                        raise NonFiniteLoss(f"loss {record['loss']}, val_loss "
-                                            f"{record['val_loss']} at epoch {record['epoch']}")
+                def on_epoch(record: dict, j: int = j) -> None:  # the loop stops on a NaN loss
                     value = (record["val_loss"] if metric == "val_loss"
-                             else record["val_accuracy"])
+                             else record["val_balanced_accuracy"])
                     trial.report(value, step=j * epochs + record["epoch"])
                     if trial.should_prune():
                         raise optuna.TrialPruned(f"pruned after epoch {record['epoch']}")
 
-                result = train.train_and_evaluate(trial_config, run_dir, features_dir,
+                result = loop.train_and_evaluate(trial_config, run_dir, features_dir,
                                                   on_epoch=on_epoch)
-                scores.append(score(run_dir, features_dir, metric, result))
+                scores.append(score(metric, result))
                 trial.set_user_attr(f"{name or 'val'}_{metric}", scores[-1])
                 shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the bundle stays
         except optuna.TrialPruned:
@@ -238,7 +228,7 @@ def make_objective(config: ml_collections.ConfigDict, data: TuneData, trials_dir
         value = float(np.mean(scores))
         if not math.isfinite(value):
             trial.set_user_attr(FAIL_REASON, f"non-finite {metric}: {value}")
-            raise NonFiniteLoss(f"non-finite {metric}: {value}")
+            raise FloatingPointError(f"non-finite {metric}: {value}")
         return value
 
     return objective
@@ -453,6 +443,6 @@ def tune_and_train(config: ml_collections.ConfigDict, workdir: str | Path) -> di
                            "run more trials (tune.trials)")
     best = json.loads((workdir / "tune" / "best_params.json").read_text())
     final = space.apply_overrides(config, best["overrides"])
-    prepare.prepare_features(final, workdir / "features")  # reused unless tune.folds was set
-    result = train.train_and_evaluate(final, workdir)
+    pipeline.prepare_features(final, workdir / "features")  # reused unless tune.folds was set
+    result = loop.train_and_evaluate(final, workdir)
     return {"tune": summary, "train": result}
