@@ -28,6 +28,7 @@ import ml_collections
 import numpy as np
 import optuna
 import pandas as pd
+import sqlalchemy.exc
 from absl import logging
 from optuna.storages import journal
 from optuna.trial import TrialState
@@ -43,6 +44,7 @@ from ser_jax.tuning import space
 
 METRICS = {"balanced_accuracy": "maximize", "val_loss": "minimize"}
 FAIL_REASON = "fail_reason"
+SCHEMA_ATTEMPTS = 5
 # What a trial reads: the train and val files of a features folder (never test.*).
 _DEV_FILES = ("train.parquet", "val.parquet", "train.sequences.npy", "val.sequences.npy",
               "labels.json", "scaler.json", SEQUENCE_SCALER_FILE, "manifest.json")
@@ -62,9 +64,20 @@ def make_storage(config: ml_collections.ConfigDict, workdir: Path) -> optuna.sto
         path = journal_path(workdir)
         path.parent.mkdir(parents=True, exist_ok=True)
         return journal.JournalStorage(journal.JournalFileBackend(str(path)))
-    return optuna.storages.RDBStorage(
-        tune.storage, heartbeat_interval=tune.heartbeat_interval, grace_period=tune.grace_period,
-        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback())
+    # Workers that start together on an empty database race to create Optuna's tables (one
+    # gets a unique-violation on CREATE TYPE); the loser finds them made on its next try.
+    def connect() -> optuna.storages.RDBStorage:
+        return optuna.storages.RDBStorage(
+            tune.storage, heartbeat_interval=tune.heartbeat_interval,
+            grace_period=tune.grace_period,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback())
+
+    for attempt in range(SCHEMA_ATTEMPTS - 1):
+        try:
+            return connect()
+        except sqlalchemy.exc.IntegrityError:
+            time.sleep(0.5 * (attempt + 1))
+    return connect()
 
 
 def make_pruner(tune: ml_collections.ConfigDict) -> optuna.pruners.BasePruner:
