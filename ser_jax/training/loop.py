@@ -191,20 +191,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
               **{name: to_host(trainer.evaluate(params, batch_stats, trainer.eval_batches(s.x),
                                                 trainer.put(s.y)))
                  for name, s in splits.items() if name != "train"}}
-    if is_chief():
-        bundle.save(workdir / "bundle", config, params, batch_stats, features_dir)
-        reference.write_reference(workdir / "bundle", features_dir)
-        write_json_atomic(workdir / "train_result.json", {**result, **made_with_record(
-            config, features_dir)})
-    barrier(f"trained {workdir}")
+    write_outputs(config, workdir, features_dir, params, batch_stats, result)
     logging.info("best epoch %d: val %s", result["best_epoch"], result["val"])
     return result
 
 
-def made_with_record(config: ml_collections.ConfigDict, features_dir: Path) -> dict:
-    """What train_result.json records beside the metrics: the features and the config."""
-    return {"made_with": {**bundle.features_provenance(features_dir),
-                          "config": config.to_dict()}}
+def write_outputs(config: ml_collections.ConfigDict, workdir: Path, features_dir: Path,
+                  params: Any, batch_stats: Any, result: dict) -> None:
+    """Process 0 writes the bundle (with its monitoring reference) and train_result.json,
+    which records the features and the config it was made with; the others wait for them."""
+    if is_chief():
+        bundle.save(workdir / "bundle", config, params, batch_stats, features_dir)
+        reference.write_reference(workdir / "bundle", features_dir)
+        write_json_atomic(workdir / "train_result.json", {**result, "made_with": {
+            **bundle.features_provenance(features_dir), "config": config.to_dict()}})
+    barrier(f"trained {workdir}")
 
 
 def train_ensemble(config: ml_collections.ConfigDict, workdir: Path, features_dir: Path,
@@ -240,11 +241,6 @@ def train_ensemble(config: ml_collections.ConfigDict, workdir: Path, features_di
         for name, split in splits.items()}
     result = {"best_epoch": [m["best_epoch"] for m in members],
               "epochs_run": [m["epochs_run"] for m in members], **scores, "members": members}
-    if is_chief():
-        bundle.save(workdir / "bundle", config, params, batch_stats, features_dir)
-        reference.write_reference(workdir / "bundle", features_dir)
-        write_json_atomic(workdir / "train_result.json", {**result, **made_with_record(
-            config, features_dir)})
-    barrier(f"trained ensemble {workdir}")
+    write_outputs(config, workdir, features_dir, params, batch_stats, result)
     logging.info("ensemble of %d members: val %s", len(members), result["val"])
     return result
