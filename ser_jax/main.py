@@ -25,7 +25,7 @@ from ml_collections import config_flags
 from ser_jax.core import distributed
 from ser_jax.core.errors import UsageError, run_cli
 from ser_jax.core.files import write_json_atomic
-from ser_jax.core.process import is_chief
+from ser_jax.core.process import barrier, is_chief
 from ser_jax.evaluation import cv, evaluate
 from ser_jax.features import pipeline
 from ser_jax.monitoring import run as monitoring
@@ -75,8 +75,8 @@ def main(argv: list[str]) -> None:
                          "--stage=train; see --helpshort")
     config = load_config()
     workdir = check_workdir(FLAGS.workdir)
+    distributed.initialize()  # before any JAX call (validation counts the devices)
     validate_config(config, FLAGS.stage)  # before anything is written
-    distributed.initialize()
     if config.compilation_cache_dir and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         jax.config.update("jax_compilation_cache_dir",
                           str(Path(config.compilation_cache_dir).expanduser()))
@@ -99,7 +99,7 @@ def main(argv: list[str]) -> None:
     if FLAGS.stage == "merge_features" and is_chief():
         finished("merge_features", [pipeline.merge_features(config, workdir / "features")])
     # The other processes read what the chief wrote (a features stage may take hours).
-    distributed.wait_for_peers("features", timeout_s=FEATURES_WAIT_S)
+    barrier("features", timeout_s=FEATURES_WAIT_S)
     if FLAGS.stage in ("train", "all"):
         train_result = loop.train_and_evaluate(config, workdir)
         finished("train", [workdir / name for name in (

@@ -2,13 +2,13 @@
 pods, SLURM, Open MPI: JAX detects them) or, on any other cluster, from JAX_COORDINATOR_ADDRESS,
 JAX_NUM_PROCESSES and JAX_PROCESS_ID (the same command started once per process)."""
 
-import itertools
 import os
 
 import jax
-import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
+
+from ser_jax.core.process import barrier
 
 # Environment variables that JAX's own cluster detection reads (TPU VM / GKE TPU, SLURM, MPI).
 _CLUSTER_VARIABLES = ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", "SLURM_JOB_ID",
@@ -47,20 +47,9 @@ def initialize() -> bool:
         jax.distributed.initialize()
     else:
         return False
-    wait_for_peers("joined")
+    barrier("joined")
     multihost_utils.sync_global_devices("ser_jax:collectives")  # sets up the CPU collectives
     logging.info("process %d of %d; %d local and %d global devices", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
     return True
 
-
-_barriers = itertools.count()
-
-
-def wait_for_peers(name: str, timeout_s: int = DEFAULT_TIMEOUT_S) -> None:
-    """A barrier on the coordination service, not a device collective: no compiled program, and
-    a timeout of our choosing (gloo gives a peer 30 s), so processes that compile or write files
-    at different speeds meet here before their next collective. Every process must call the
-    same barriers in the same order. A no-op in one process."""
-    if jax.process_count() > 1:
-        ocp.multihost.sync_global_processes(f"{name}:{next(_barriers)}", timeout=timeout_s)

@@ -148,6 +148,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     train, val = splits["train"], splits["val"]
     trainer = get_trainer(config, num_classes=len(labels), input_shape=train.x.shape[1:])
     data = trainer.device_data(train.x, train.y, val.x, val.y)
+    logging.info("training input: %s (train.input=%r, %d process(es))", trainer.input,
+                 config.train.input, jax.process_count())
     manager = checkpoints.open_manager(workdir / "checkpoints")
     made_with = {"model": config.model.to_dict(), "labels": labels,
                  "input_shape": list(train.x.shape[1:])}

@@ -3,7 +3,7 @@ read: the one list that the trainer cache and the cv fold fingerprint both use."
 
 import ml_collections
 
-EXECUTION_ONLY = ("loop", "steps_per_call", "eval_batch_size")
+EXECUTION_ONLY = ("loop", "steps_per_call", "eval_batch_size", "input")
 """Settings that change how training runs, not what it computes (a run or cv fold trained with
 other values of these is still valid)."""
 

@@ -19,19 +19,26 @@ from jax.sharding import PartitionSpec as P
 
 from ser_jax.core.batches import padded_batches
 from ser_jax.core.errors import ConfigError
+from ser_jax.core.process import barrier
 from ser_jax.models import registry
 from ser_jax.training import batch_augment, settings
+from ser_jax.training import input as host_input
 from ser_jax.training.state import TrainState, learning_rate, make_optimizer, plateau_step
 
 
 @dataclasses.dataclass
 class DeviceData:
-    """The training split and the validation batches, placed on the devices once per run."""
+    """The training split and the validation batches, placed on the devices once per run.
 
-    x: jax.Array
+    With ``train.input='host'`` the training rows stay on the host (``host_rows``; ``x`` is
+    None): each process places its devices' rows of every batch (training/input.py).
+    """
+
+    x: jax.Array | None
     y: jax.Array
     val_x: list[jax.Array]  # zero-padded batches of eval_batch_size rows
     val_y: jax.Array
+    host_rows: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def train_rows(self) -> int:
@@ -65,6 +72,7 @@ class Trainer:
         self.optimizer = make_optimizer(config.train)
         self.input_shape = tuple(input_shape)
         self.loop = resolve_loop(config.train.loop)
+        self.input = host_input.resolve(config.train.input)
 
         def each(fn, in_axes=0):  # one run, or vmapped over runs
             return fn if runs is None else jax.vmap(fn, in_axes=in_axes)
@@ -75,6 +83,8 @@ class Trainer:
         self._train_epoch = jax.jit(each(self._train_epoch_impl, (0, None, None, 0, 0)),
                                     donate_argnums=(0,))
         self._train_steps = {}  # num_steps -> compiled call (built on first use)
+        self._host_step = jax.jit(self._host_step_impl, donate_argnums=(0, 1))
+        self._host_step_compiled = None  # compiled ahead of its first run (_host_steps)
         self._each = each
         self._logits = jax.jit(each(self._logits_impl, (0, 0, None)))
         self._close_epoch = jax.jit(each(self._close_epoch_impl, (0, 0, None, 0)))
@@ -124,7 +134,15 @@ class Trainer:
             raise ConfigError(f"the training split has {len(y)} rows, fewer than "
                               f"train.batch_size={self.config.train.batch_size} — lower "
                               "--config.train.batch_size")
-        return DeviceData(self.put(x), self.put(y), self.eval_batches(val_x), self.put(val_y))
+        if self.input == "device":
+            return DeviceData(self.put(x), self.put(y), self.eval_batches(val_x),
+                              self.put(val_y))
+        if self.runs is not None:
+            raise ConfigError("train.input='host' (what 'auto' means in a multi-process job) "
+                              "trains one run at a time; vmapped runs (tuning trials) need "
+                              "train.input='device' in one process")
+        return DeviceData(None, self.put(y), self.eval_batches(val_x), self.put(val_y),
+                          host_rows=(np.asarray(x), np.asarray(y)))
 
     # ---- one epoch ----------------------------------------------------------------------------
     def _loss_and_grads(self, state: TrainState, x: jax.Array, targets: jax.Array,
@@ -190,6 +208,29 @@ class Trainer:
         (state, totals), _ = jax.lax.scan(body, (state, totals), jnp.arange(batches.shape[0]))
         return state, totals
 
+    def _host_step_impl(self, state, totals, x, y, epoch_key, step):
+        """One step on a batch placed by the processes (the key as on the device path)."""
+        return self._batch_step(state, totals, x, y, jax.random.fold_in(epoch_key, step))
+
+    def _host_steps(self, state: TrainState, rows: tuple[np.ndarray, np.ndarray],
+                    batches: jax.Array, epoch_key: jax.Array) -> tuple[TrainState, jax.Array]:
+        """One epoch's steps with ``train.input='host'``: every process holds the same
+        ``batches`` (replicated) and places its devices' rows of each one."""
+        x, y = rows
+        order = jax.device_get(batches.addressable_data(0))  # the same in every process
+        mine = host_input.process_rows(self.batch_sharded, order.shape[1])
+        totals = self.put(np.zeros((3,), np.float32))
+        for step, index in enumerate(order):
+            args = (state, totals, *host_input.place_batch(self.batch_sharded, x, y, index, mine),
+                    epoch_key, self.put(np.int32(step)))
+            if self._host_step_compiled is None:
+                # Compiled ahead of its first run, then a barrier: processes that compile at
+                # different speeds start their first collective together (gloo gives 30 s).
+                self._host_step_compiled = self._host_step.lower(*args).compile()
+                barrier("compiled train step")
+            state, totals = self._host_step_compiled(*args)
+        return state, totals
+
     def _steps_call(self, num_steps: int):
         if num_steps not in self._train_steps:
             steps = functools.partial(self._train_steps_impl, num_steps=num_steps)
@@ -219,6 +260,8 @@ class Trainer:
         """One epoch's train steps: the new state and device totals (loss sum, correct, rows)
         (or one row of them per run). Transfers only explicitly (the epoch number)."""
         epoch_key, batches = self._inputs(seed_key, self.put(np.int32(epoch)), data.y)
+        if data.host_rows is not None:
+            return self._host_steps(state, data.host_rows, batches, epoch_key)
         if self.loop == "scan":
             return self._train_epoch(state, data.x, data.y, batches, epoch_key)
         totals = self.put(np.zeros((3,) if self.runs is None else (self.runs, 3), np.float32))

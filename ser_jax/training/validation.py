@@ -20,6 +20,7 @@ from ser_jax.data.corpora import PARSERS
 from ser_jax.features.augment import AUGMENTATIONS
 from ser_jax.models import registry
 from ser_jax.training import batch_augment
+from ser_jax.training import input as host_input
 
 LOOPS = ("auto", "step", "scan")
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -66,6 +67,7 @@ def validate_config(config: ml_collections.ConfigDict, stage: str = "all") -> No
          "train.plateau_factor", "must be in (0, 1]")
     fraction("model.dropout")
     one_of("train.loop", LOOPS)
+    one_of("train.input", host_input.MODES)
     one_of("train.compute_dtype", COMPUTE_DTYPES)
     _check_data(config, problems, need, positive, fraction, one_of)
     _check_model(config, problems)

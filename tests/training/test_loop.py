@@ -168,13 +168,15 @@ def test_too_few_rows_for_a_batch_is_a_clear_error(tmp_path):
 
 
 def test_loops_agree(feature_dir, tmp_path):
-    """Unrolled chunks of steps (CPU) and one scan per epoch (GPU/TPU) compute the same epoch."""
+    """Unrolled chunks of steps (CPU), one scan per epoch (GPU/TPU) and batches placed from the
+    host (train.input='host', the multi-process path) compute the same epoch."""
     results = {}
-    for loop, chunk in (("auto", 1), ("step", 2), ("scan", 1)):
-        config = tiny_config(epochs=1, loop=loop, steps_per_call=chunk)
-        results[(loop, chunk)] = training_loop.train_and_evaluate(
-            config, tmp_path / f"{loop}{chunk}", feature_dir)["val"]
-    reference = results[("auto", 1)]
+    for loop, chunk, where in (("auto", 1, "auto"), ("step", 2, "auto"), ("scan", 1, "auto"),
+                               ("auto", 1, "host")):
+        config = tiny_config(epochs=1, loop=loop, steps_per_call=chunk, input=where)
+        results[(loop, chunk, where)] = training_loop.train_and_evaluate(
+            config, tmp_path / f"{loop}{chunk}{where}", feature_dir)["val"]
+    reference = results[("auto", 1, "auto")]
     for value in results.values():
         assert math.isfinite(value["loss"])
         assert value["loss"] == pytest.approx(reference["loss"], rel=1e-4)
