@@ -4,10 +4,10 @@ Speakers are grouped into config.cv.folds folds. Fold k tests on its own speaker
 (early stopping, plateau schedule) on the speakers of fold k+1 and trains from scratch on the
 rest: the recipe's rows (augmented copies included) of its training speakers only, standardized
 with a scaler fit on those rows. Features are extracted once per clip and augmentation
-(pipeline.clip_features), not once per fold.
+(clip_cache.clip_features), not once per fold.
 
     WORKDIR/cv/clip_features/  raw features of every clip under each recipe entry and "none"
-                               (a cache; pipeline.clip_features)
+                               (a cache; clip_cache.clip_features)
     WORKDIR/cv/fold_XX/        one training workdir per fold (XX = 00, 01, ...): features/ (the
                                features stage's layout), checkpoints/, metrics.jsonl,
                                tensorboard/, bundle/, train_result.json, evaluation/ (and
@@ -46,7 +46,7 @@ from ser_jax.data.splits import SPLITS
 from ser_jax.evaluation import evaluate
 from ser_jax.evaluation.metrics import classification_metrics
 from ser_jax.evaluation.report import format_table, write_confusion
-from ser_jax.features import feature_dir, pipeline
+from ser_jax.features import clip_cache, feature_dir, pipeline
 from ser_jax.training import loop, settings
 
 FOLD_FORMAT_VERSION = 1  # bump when a fold's files or their meaning change
@@ -189,7 +189,7 @@ def write_fold_features(clip_features: feature_dir.ClipFeatures, fold: Fold, rec
                 "speakers": {split: list(getattr(fold, split)) for split in SPLITS},
                 "corpora": clip_features.corpus_spec, "synthetic": clip_features.synthetic,
                 "recipe": list(recipe)}
-    pipeline.write_split_features(out_dir, clip_features, fold_splits(clip_features.clips, fold),
+    clip_cache.write_split_features(out_dir, clip_features, fold_splits(clip_features.clips, fold),
                                   recipe, labels, manifest)
 
 
@@ -321,10 +321,10 @@ def cross_validate(config: ml_collections.ConfigDict, workdir: str | Path) -> di
     labels = label_names(config.data)
     cache = cv_dir / "clip_features"
     if is_chief():  # extracts (or reuses) the cache; the other processes then read it
-        clip_features = pipeline.clip_features(config, cache, [*recipe, "none"], workdir)
+        clip_features = clip_cache.clip_features(config, cache, [*recipe, "none"], workdir)
     barrier(f"cv clip features {cache}")
     if not is_chief():
-        clip_features = pipeline.clip_features(config, cache, [*recipe, "none"], workdir)
+        clip_features = clip_cache.clip_features(config, cache, [*recipe, "none"], workdir)
     folds = make_folds(assign_speakers(clip_features.clips, config.cv.folds, config.seed))
     logging.info("cv: %d folds over %d speakers and %d clips", len(folds),
                  sum(len(f.test) for f in folds), len(clip_features.clips))

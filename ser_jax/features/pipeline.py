@@ -47,7 +47,7 @@ from ser_jax.data.labels import label_names
 from ser_jax.data.splits import SPLITS, check_class_balance, split_clips
 from ser_jax.features import augment, feature_dir, inputs, shards
 from ser_jax.features import extractor as features
-from ser_jax.features.feature_dir import ClipFeatures, Sequences
+from ser_jax.features.feature_dir import Sequences
 from ser_jax.features.scaler import Scaler
 
 MAX_EXAMPLES = 20
@@ -305,78 +305,6 @@ def standardize_parts(parts: Sequence[Part], clips: Sequence[corpora.Clip]
     return frames, scaler, Sequences(splits, sequence_scaler)
 
 
-def write_split_features(out_dir: Path, clip_features: ClipFeatures,
-                         splits: dict[str, list[int]], recipe: Sequence[str], labels: list[str],
-                         manifest: dict) -> None:
-    """Writes a features folder (the features stage's layout) for a split of ``clip_features``'
-    clips: the recipe's rows of the training clips, the "none" rows of the others, scaled with
-    statistics of the training rows. ``manifest`` gets counts and the dropped rows."""
-    started = time.perf_counter()
-
-    def rows(_: str, kind: str, indices: list[int]) -> tuple[np.ndarray, np.ndarray | None]:
-        sequences = clip_features.sequences.get(kind)
-        return (clip_features.features[kind][indices],
-                None if sequences is None else sequences[indices])
-
-    parts, dropped = make_parts(splits, recipe, rows, clip_features.clips)
-    frames, scaler, sequences = standardize_parts(parts, clip_features.clips)
-    manifest = {**manifest, "format_version": feature_dir.FORMAT_VERSION,
-                "extractor_version": features.EXTRACTOR_VERSION, "labels": labels,
-                "counts": feature_dir.split_counts(frames, labels),
-                "rejects": {"count": len(dropped),
-                            "items": [{"path": p, "reason": r} for p, r in dropped]},
-                "timings": {}}
-    feature_dir.write_feature_dir(out_dir, frames, labels, scaler, manifest, started, sequences)
-
-
-def clip_features(
-    config: ml_collections.ConfigDict,
-    cache_dir: str | Path,
-    kinds: Sequence[str],
-    corpus_root: str | Path,
-) -> ClipFeatures:
-    """Features of every clip of config.data's corpora under each of `kinds`, cached in cache_dir.
-
-    A row depends on config.seed, the kind and the clip only (as in prepare_features), not on
-    which other kinds are asked for: cached kinds are reused and only the missing ones are
-    extracted (the audio is not even read when none is missing). The cache is
-    keyed like prepare_features' output (audio files, data config except the split and recipe,
-    seed, extractor version) and rewritten atomically. The synthetic demo corpus, used when no
-    corpus is configured, is written to corpus_root/synthetic_corpus.
-    """
-    cache_dir = Path(cache_dir)
-    data = config.data
-    kinds = list(dict.fromkeys(parse_recipe(",".join(kinds))))
-    spec, is_synthetic = inputs.corpus_spec(data, Path(corpus_root))
-    scan = corpora.scan_corpora(spec, keep_boredom=data.keep_boredom)
-    inputs.require_clips(scan, spec)
-    fingerprint = inputs.fingerprint(config, scan, data=_clip_features_data(data),
-                               purpose=f"clip_features/{feature_dir.CLIP_FEATURES_VERSION}")
-    cached = feature_dir.read_clip_cache(cache_dir, fingerprint, data.sequences)
-    if cached and all(kind in cached.features for kind in kinds):
-        logging.info("features: reusing %s (%s)", cache_dir, ", ".join(kinds))
-        return _select_kinds(cached, kinds)
-
-    started = time.perf_counter()
-    waves, clips, rejects = inputs.load_audio(scan, data)
-    result = cached or ClipFeatures(clips, {}, {}, rejects, scan.skipped, spec, is_synthetic,
-                                    fingerprint)
-    if [c.path for c in result.clips] != [c.path for c in clips]:  # files changed meanwhile
-        result = ClipFeatures(clips, {}, {}, rejects, scan.skipped, spec, is_synthetic,
-                              fingerprint)
-    missing = [kind for kind in kinds if kind not in result.features]
-    logging.info("features: extracting %s for %d clips into %s", ", ".join(missing), len(clips),
-                 cache_dir)
-    jobs = [(list(range(len(clips))), kind) for kind in missing]
-    for kind, (x, seq) in zip(missing, _extract_jobs(waves, clips, jobs, config.seed, data),
-                              strict=True):
-        result.features[kind] = x
-        if seq is not None:
-            result.sequences[kind] = seq
-    feature_dir.write_clip_cache(cache_dir, result, time.perf_counter() - started)
-    return _select_kinds(result, kinds)
-
-
 def _stable_number(text: str) -> int:
     """A stable 31-bit number for a name (Python's hash() changes between processes)."""
     return zlib.crc32(text.encode()) & 0x7FFFFFFF
@@ -389,20 +317,6 @@ def row_keys(seed: int, kind: str, clips: Sequence[corpora.Clip]) -> jax.Array:
     ids = np.asarray([_stable_number(f"{c.speaker}/{Path(c.path).name}") for c in clips],
                      np.uint32)
     return jax.vmap(lambda i: jax.random.fold_in(kind_key, i))(ids)
-
-
-def _clip_features_data(data: ml_collections.ConfigDict) -> dict:
-    """The data config that affects clip_features' rows: all but the split and the recipe."""
-    record = data.to_dict()
-    record.pop("split", None)
-    record["augment"] = {k: v for k, v in record["augment"].items() if k != "recipe"}
-    return record
-
-
-def _select_kinds(result: ClipFeatures, kinds: Sequence[str]) -> ClipFeatures:
-    return dataclasses.replace(result, features={k: result.features[k] for k in kinds},
-                               sequences={k: result.sequences[k] for k in kinds
-                                          if k in result.sequences})
 
 
 def parse_recipe(spec: str) -> list[str]:

@@ -15,7 +15,7 @@ from ser_jax.data import errors, splits, store
 from ser_jax.data.corpora import EMOTIONS, Clip
 from ser_jax.data.schema import FEATURE_NAMES
 from ser_jax.evaluation import cv
-from ser_jax.features import pipeline
+from ser_jax.features import clip_cache, pipeline
 from ser_jax.features.scaler import Scaler
 from ser_jax.training import loop
 from tests.conftest import REPO, cross_validate_synthetic, forbid_audio_loading, tiny_config
@@ -173,7 +173,7 @@ def test_fold_dirs_hold_a_training_workdir_per_fold(run):
 
 def test_scaler_is_fit_per_fold_on_its_training_rows(run):
     workdir, config, _, _ = run
-    cached = pipeline.clip_features(config, workdir / "cv" / "clip_features", ["none", "noise"],
+    cached = clip_cache.clip_features(config, workdir / "cv" / "clip_features", ["none", "noise"],
                                    workdir)
     means = []
     for k in range(FOLDS):
@@ -200,7 +200,7 @@ def test_clip_features_are_cached_and_extended_per_kind(run, tmp_path, monkeypat
     assert manifest["kinds"] == ["noise", "none"] and len(manifest["clips"]) == SPEAKERS * 7
 
     forbid_audio_loading(monkeypatch)  # served from the cache: no audio is read
-    cached = pipeline.clip_features(config, cache, ["none", "noise"], workdir)
+    cached = clip_cache.clip_features(config, cache, ["none", "noise"], workdir)
     assert set(cached.features) == {"none", "noise"}
     assert cached.features["none"].shape == (SPEAKERS * 7, len(FEATURE_NAMES))
     assert not np.allclose(cached.features["none"], cached.features["noise"])
@@ -212,7 +212,7 @@ def test_clip_features_are_cached_and_extended_per_kind(run, tmp_path, monkeypat
     real = pipeline._extract_jobs
     monkeypatch.setattr(pipeline, "_extract_jobs", lambda waves, clips, jobs, seed, data: (
         extracted.extend(kind for _, kind in jobs) or real(waves, clips, jobs, seed, data)))
-    more = pipeline.clip_features(config, copy, ["noise", "shift", "none"], workdir)
+    more = clip_cache.clip_features(config, copy, ["noise", "shift", "none"], workdir)
     assert extracted == ["shift"]  # only the missing kind
     for kind in ("none", "noise"):
         np.testing.assert_array_equal(more.features[kind], cached.features[kind])
@@ -250,7 +250,7 @@ def test_a_fold_made_with_other_settings_starts_again(run, tmp_path, monkeypatch
     workdir, config, _, _ = run
     fold_dir = tmp_path / "fold_00"
     shutil.copytree(workdir / "cv" / "fold_00", fold_dir)
-    cached = pipeline.clip_features(config, workdir / "cv" / "clip_features", ["none", "noise"],
+    cached = clip_cache.clip_features(config, workdir / "cv" / "clip_features", ["none", "noise"],
                                    workdir)
     fold = cv.make_folds(cv.assign_speakers(cached.clips, FOLDS, config.seed))[0]
     calls = []

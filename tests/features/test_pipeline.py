@@ -17,7 +17,7 @@ from ser_jax.data import corpora, errors, splits, store
 from ser_jax.data import labels as labels_file
 from ser_jax.data.corpora import EMOTIONS
 from ser_jax.data.schema import FEATURE_NAMES
-from ser_jax.features import augment, feature_dir, inputs, pipeline
+from ser_jax.features import augment, clip_cache, feature_dir, inputs, pipeline
 from ser_jax.features.scaler import Scaler
 from tests.conftest import forbid_audio_loading
 
@@ -201,7 +201,7 @@ def test_the_features_stage_and_the_cv_clip_cache_give_the_same_rows(run, tmp_pa
     """One pipeline: the same seed and clip give the same augmented row in both, and the
     validation and test rows are the unaugmented ("none") rows of their clips."""
     root, out, config, _ = run
-    cached = pipeline.clip_features(config, tmp_path / "cache", ["none", "noise"], root)
+    cached = clip_cache.clip_features(config, tmp_path / "cache", ["none", "noise"], root)
     index = {c.path: i for i, c in enumerate(cached.clips)}
     scaler = Scaler.load(out / "scaler.json")
     for split in splits.SPLITS:

@@ -13,7 +13,7 @@ from configs import temporal
 from ser_jax.data import audio, errors, splits, store
 from ser_jax.data.corpora import EMOTIONS
 from ser_jax.evaluation import cv
-from ser_jax.features import extractor, pipeline
+from ser_jax.features import clip_cache, extractor, pipeline
 from ser_jax.features.scaler import SEQUENCE_SCALER_FILE, Scaler
 from ser_jax.inference import bundle
 from ser_jax.models import registry
@@ -150,7 +150,7 @@ def test_clip_cache_holds_sequences_and_is_reused(run, monkeypatch):
     assert (cache / f"none.{store.SEQUENCES_SUFFIX}").is_file()
 
     forbid_audio_loading(monkeypatch)  # served from the cache: no audio is read
-    cached = pipeline.clip_features(config, cache, ["none", "noise"], workdir)
+    cached = clip_cache.clip_features(config, cache, ["none", "noise"], workdir)
     assert cached.sequences["noise"].shape == (SPEAKERS * 7, FRAMES, BANDS)
     assert not np.allclose(cached.sequences["none"], cached.sequences["noise"])
 
