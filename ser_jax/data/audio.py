@@ -7,6 +7,7 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -202,3 +203,13 @@ def load_clips(
         flagged += [(str(paths[i]), "; ".join(notes[i])) for i in ok if notes[i]]
     rejects = [(str(paths[i]), r) for i, r in enumerate(reasons) if r is not None]
     return (waves[ok] if rejects else waves), ok, rejects
+
+
+def load_config_clips(paths: Sequence[str | Path], data: Any,
+                      flagged: list[tuple[str, str]] | None = None
+                      ) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
+    """load_clips with the window, placement and quality gates of a config's ``data`` section
+    (as training loads clips); see load_clips for what it returns and ``flagged``."""
+    return load_clips([str(p) for p in paths], sample_rate=data.sample_rate, offset=data.offset,
+                      duration=data.duration, placement=data.get("placement", "offset"),
+                      quality=Quality.from_config(data.get("quality")), flagged=flagged)

@@ -34,11 +34,7 @@ def load_audio(scan: corpora.CorpusScan, data: ml_collections.ConfigDict
                ) -> tuple[np.ndarray, list[corpora.Clip], list[tuple[str, str]]]:
     """(waves (N, T), the N clips that loaded, rejects); raises when none loaded. Clips pass
     data.quality's gates and are placed as data.placement says."""
-    waves, loaded, rejects = audio.load_clips(
-        [c.path for c in scan.clips], sample_rate=data.sample_rate, offset=data.offset,
-        duration=data.duration, placement=data.placement,
-        quality=audio.Quality.from_config(data.quality),
-    )
+    waves, loaded, rejects = audio.load_config_clips([c.path for c in scan.clips], data)
     clips = [scan.clips[i] for i in loaded]
     if not clips:
         raise DatasetError(

@@ -139,10 +139,8 @@ def _extract_shard(config: ml_collections.ConfigDict, scan: corpora.CorpusScan,
     mine = [i for i, c in enumerate(scan.clips) if shards.shard_of(c.path, num_shards) == shard]
     tick = time.perf_counter()
     flagged: list[tuple[str, str]] = []
-    waves, loaded, rejects = audio.load_clips(
-        [scan.clips[i].path for i in mine], sample_rate=data.sample_rate, offset=data.offset,
-        duration=data.duration, placement=data.placement,
-        quality=audio.Quality.from_config(data.quality), flagged=flagged)
+    waves, loaded, rejects = audio.load_config_clips([scan.clips[i].path for i in mine], data,
+                                                     flagged)
     timings["load_audio_s"] = time.perf_counter() - tick
     row = {mine[j]: r for r, j in enumerate(loaded)}
     failed = sorted(set(mine) - set(row))

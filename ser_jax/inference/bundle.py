@@ -61,11 +61,7 @@ class Bundle:
 
     def predict_files(self, paths: list[str | Path]) -> list[dict]:
         """Predicts each audio file; unreadable files get an ``error`` instead of a prediction."""
-        data = self.config.data
-        waves, loaded, rejects = audio.load_clips(
-            [str(p) for p in paths], sample_rate=data.sample_rate, offset=data.offset,
-            duration=data.duration, placement=data.get("placement", "offset"),
-            quality=audio.Quality.from_config(data.get("quality")))
+        waves, loaded, rejects = audio.load_config_clips(paths, self.config.data)
         results = [{"path": path, "error": reason} for path, reason in rejects]
         if loaded:
             for index, row in zip(loaded, self.probabilities(self.inputs(waves)), strict=True):
